@@ -1,0 +1,262 @@
+"""Qwen3-VL conditioner: images + instruction -> the hidden states SpatialEdit's DiT reads.
+
+Built on transformers' own Qwen3-VL classes. It reproduces the official "multiple_images" prompt
+form: a system turn, then a user turn holding one vision placeholder per image and the
+instruction; the conditioning is the last hidden state with the fixed template prefix dropped.
+The negative (unconditional) prompt is the same template with an empty instruction but the same
+images. Output batch order is [unconditional ; conditional].
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# Our own wording of the official system instruction (same content: describe the input image(s)).
+DEFAULT_SYSTEM_PROMPT: str = (
+    "Describe the input image or images in detail: the colour, shape, size and texture of each "
+    "object, how many there are, any text that appears, and the spatial relationships between "
+    "the objects. Then explain how the user's instruction changes the image."
+)
+
+VISION_PLACEHOLDER: str = "<|vision_start|><|image_pad|><|vision_end|>"
+IMAGE_MARKER: str = "<image>"
+
+_EXPECTED = (
+    "a Qwen3-VL-8B-Instruct folder with config.json, model.safetensors or model-*.safetensors "
+    "shards with model.safetensors.index.json, tokenizer files (tokenizer.json or vocab.json + "
+    "merges.txt, tokenizer_config.json), preprocessor_config.json and chat_template.json"
+)
+
+
+def _check_folder(folder: Path) -> None:
+    """Raise FileNotFoundError naming what is missing and what belongs there."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Qwen3-VL folder not found: {folder}. Expected {_EXPECTED}.")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"Missing {folder / 'config.json'}: {folder} must be {_EXPECTED}."
+        )
+    if not list(folder.glob("*.safetensors")):
+        raise FileNotFoundError(
+            f"No *.safetensors weights in {folder}: expected model.safetensors or model-*.safetensors "
+            f"shards with model.safetensors.index.json."
+        )
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        missing = sorted(s for s in shards if not (folder / s).is_file())
+        if missing:
+            raise FileNotFoundError(
+                f"Weight shard(s) listed in {index} are missing: {', '.join(missing)}."
+            )
+    if not ((folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file()):
+        raise FileNotFoundError(
+            f"No tokenizer in {folder}: expected tokenizer.json (or vocab.json + merges.txt) "
+            f"and tokenizer_config.json."
+        )
+    if not (folder / "preprocessor_config.json").is_file():
+        raise FileNotFoundError(
+            f"Missing {folder / 'preprocessor_config.json'} (the Qwen2-VL image processor settings)."
+        )
+
+
+def _load_processor(folder: Path) -> object:
+    """Qwen3VLProcessor for the folder.
+
+    transformers 5.x makes Qwen3VLProcessor require a video processor, and its video processor
+    needs torchvision. Without torchvision we build the same processor class with the video part
+    left out (we only ever pass images), rather than re-implementing it.
+    """
+    from transformers import AutoImageProcessor, AutoTokenizer, Qwen3VLProcessor
+    from transformers.utils import is_torchvision_available
+
+    if is_torchvision_available():
+        return Qwen3VLProcessor.from_pretrained(str(folder))
+
+    class _ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
+        def check_argument_for_proper_class(self, argument_name, argument):  # type: ignore[override]
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    image_processor = AutoImageProcessor.from_pretrained(str(folder))
+    chat_template = None
+    for name in ("chat_template.json", "chat_template.jinja"):
+        path = folder / name
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            chat_template = json.loads(text)["chat_template"] if name.endswith(".json") else text
+            break
+    return _ImageOnlyQwen3VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=None,
+        chat_template=chat_template,
+    )
+
+
+class QwenVLConditioner:
+    """Qwen3-VL-8B-Instruct as SpatialEdit's text/image conditioner."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        processor: object,
+        max_length: int = 2048,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+    ) -> None:
+        self._model: nn.Module | None = model
+        self._processor = processor
+        self.max_length = max_length
+        self.system_prompt = system_prompt
+        # Right padding: the DiT mask marks valid tokens from the left.
+        self._processor.tokenizer.padding_side = "right"
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_folder(
+        cls,
+        folder: Path,
+        dtype: torch.dtype = torch.bfloat16,
+        device: str | torch.device = "cpu",
+        max_length: int = 2048,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+    ) -> "QwenVLConditioner":
+        """Load model + processor from a Qwen3-VL-8B-Instruct-layout folder.
+
+        from_pretrained builds the model on the meta device and fills it straight from the
+        safetensors mmap, so the weights are never held twice in RAM.
+        """
+        from transformers import Qwen3VLForConditionalGeneration
+
+        folder = Path(folder)
+        _check_folder(folder)
+        processor = _load_processor(folder)
+        model = Qwen3VLForConditionalGeneration.from_pretrained(
+            str(folder),
+            dtype=dtype,  # transformers 5 name (torch_dtype is deprecated)
+            device_map={"": str(torch.device(device))},
+            local_files_only=True,
+        )
+        model.eval()
+        model.requires_grad_(False)
+        return cls(model, processor, max_length=max_length, system_prompt=system_prompt)
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def model(self) -> nn.Module:
+        """The Qwen3VLForConditionalGeneration (raises after unload())."""
+        if self._model is None:
+            raise RuntimeError("QwenVLConditioner was unloaded; load it again with from_folder().")
+        return self._model
+
+    @property
+    def processor(self) -> object:
+        """The Qwen3VLProcessor (tokenizer + image processor + chat template)."""
+        return self._processor
+
+    @property
+    def hidden_size(self) -> int:
+        """Text hidden size: the DiT's text_states_dim."""
+        return int(self.model.config.text_config.hidden_size)
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        """The text decoder layers, for the offload streamer."""
+        return self.model.model.language_model.layers
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the input embeddings (where inputs must go)."""
+        return self.model.model.language_model.embed_tokens.weight.device
+
+    def to(self, device: str | torch.device) -> "QwenVLConditioner":
+        """Move all weights to ``device``."""
+        self.model.to(device)
+        return self
+
+    def unload(self) -> None:
+        """Drop the weights so their memory can be reused before denoising."""
+        if self._model is None:
+            return
+        on_cuda = any(p.is_cuda for p in self._model.parameters())
+        self._model = None
+        gc.collect()
+        if on_cuda and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def weight_bytes(self) -> int:
+        """Bytes held by the model's parameters."""
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    # ---------------------------------------------------------------- prompt
+    @property
+    def template_prefix(self) -> str:
+        """The fixed text before the user content (what the official code drops, 34 tokens there)."""
+        return f"<|im_start|>system\n{self.system_prompt}<|im_end|>\n<|im_start|>user\n"
+
+    @property
+    def drop_count(self) -> int:
+        """Token length of the template prefix with the loaded tokenizer."""
+        ids = self._processor.tokenizer(self.template_prefix, add_special_tokens=False)["input_ids"]
+        return len(ids)
+
+    def build_prompt(self, instruction: str, num_images: int) -> str:
+        """Full chat text: system turn, user turn with vision placeholders + instruction."""
+        markers = instruction.count(IMAGE_MARKER)
+        if markers == 0:
+            instruction = f"{IMAGE_MARKER}\n" * num_images + instruction
+        elif markers != num_images:
+            raise ValueError(
+                f"The instruction has {markers} '{IMAGE_MARKER}' markers but {num_images} images were "
+                f"given; use one marker per image or none."
+            )
+        # As in the official code, "<image>\n" (or a bare "<image>") becomes one vision placeholder.
+        content = re.sub(re.escape(IMAGE_MARKER) + r"\n?", VISION_PLACEHOLDER, instruction)
+        return f"{self.template_prefix}{content}<|im_end|>\n<|im_start|>assistant\n"
+
+    # ---------------------------------------------------------------- encode
+    @torch.inference_mode()
+    def _encode_one(self, text: str, images: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, D) states and (L,) bool mask for one prompt, prefix dropped, tail-truncated."""
+        inputs = self._processor(
+            text=[text], images=images or None, return_tensors="pt", padding=False
+        )
+        device = self.device
+        inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        # The inner Qwen3VLModel: same states, without computing vocabulary logits.
+        out = self.model.model(**inputs, output_hidden_states=True, use_cache=False, return_dict=True)
+        states = out.hidden_states[-1][0]
+        mask = inputs["attention_mask"][0].bool()
+        drop = self.drop_count
+        states, mask = states[drop:], mask[drop:]
+        if states.shape[0] > self.max_length:  # keep the last tokens, as the official code does
+            states, mask = states[-self.max_length :], mask[-self.max_length :]
+        return states, mask
+
+    def encode(self, images: list, instruction: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode ``images`` + ``instruction``.
+
+        Returns (states (2, L, D), mask (2, L) bool), rows [unconditional ; conditional], right
+        padded with zeros to one length.
+        """
+        images = list(images)
+        uncond = self._encode_one(self.build_prompt("", len(images)), images)
+        cond = self._encode_one(self.build_prompt(instruction, len(images)), images)
+        length = max(uncond[0].shape[0], cond[0].shape[0])
+        dim = cond[0].shape[1]
+        states = cond[0].new_zeros((2, length, dim))
+        mask = torch.zeros((2, length), dtype=torch.bool, device=cond[1].device)
+        for row, (s, m) in enumerate((uncond, cond)):
+            states[row, : s.shape[0]] = s
+            mask[row, : m.shape[0]] = m
+        return states, mask
