@@ -1,0 +1,40 @@
+"""The `lowmem` command. Each subcommand lives in `lowmem/commands/`; this file only dispatches.
+
+Bad input of any kind ends as one `error: ...` line on stderr and exit status 2; nothing on disk
+is left half-written (every writer saves to a temporary name and renames).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from lowmem.commands import demo, edit
+from lowmem.errors import LowmemError
+
+COMMANDS = {"edit": edit, "demo": demo}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lowmem", description="SpatialEdit-16B geometric image editing on limited memory")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in COMMANDS.items():
+        module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP))
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args) or 0
+    except (LowmemError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `lowmem` subcommand: `add_arguments(parser)`, `run(args) -> int`, `HELP`."""

@@ -1,0 +1,47 @@
+"""`lowmem edit`: one geometric edit of one image with a model folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lowmem.commands.edit_args import add_edit_arguments, instruction_from_args
+from lowmem.errors import OutputPathError
+from lowmem.images import load_image, save_image_atomic
+from lowmem.pipeline import SpatialEditPipeline
+
+HELP = "edit an image with a SpatialEdit model folder (original or quantized)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, type=Path, help="model folder (official layout or `lowmem quantize` output)")
+    parser.add_argument("--image", required=True, type=Path, help="input image")
+    parser.add_argument("--out", required=True, type=Path, help="output image path")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--report", type=Path, help="also write the run report as JSON here")
+    parser.add_argument("--device", help="compute device (default: cuda when available, else cpu)")
+    add_edit_arguments(parser)
+
+
+def check_output(path: Path, overwrite: bool) -> None:
+    """Fail before any heavy work when the output cannot be written."""
+    if not path.parent.is_dir():
+        raise OutputPathError(f"output folder {path.parent} does not exist; create it first")
+    if path.exists() and not overwrite:
+        raise OutputPathError(f"{path} already exists; pass --overwrite to replace it")
+
+
+def run(args: argparse.Namespace) -> int:
+    instruction = instruction_from_args(args)
+    check_output(args.out, args.overwrite)
+    if args.report:
+        check_output(args.report, args.overwrite)
+    image = load_image(args.image)
+    pipe = SpatialEditPipeline.from_folder(args.model, device=args.device)
+    result = pipe.edit(image, instruction, steps=args.steps, guidance=args.guidance, seed=args.seed, resolution=args.resolution)
+    save_image_atomic(result.image, args.out, overwrite=args.overwrite)
+    if args.report:
+        args.report.write_text(result.report.to_json())
+    print(result.report.format())
+    print(f"saved {args.out}")
+    return 0

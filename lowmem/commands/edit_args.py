@@ -1,0 +1,52 @@
+"""Arguments shared by `lowmem edit` and `lowmem demo`: the geometric edit and the sampling knobs."""
+
+from __future__ import annotations
+
+import argparse
+
+from lowmem import instructions
+from lowmem.errors import InstructionError
+from lowmem.instructions import EditInstruction
+
+
+def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_argument_group("the edit (one of)")
+    what.add_argument("--instruction", help="free instruction text")
+    what.add_argument("--rotate", metavar="VIEW", help=f"rotate the object to a view: {', '.join(instructions.VIEWS)}")
+    what.add_argument("--move-box", metavar="X0,Y0,X1,Y1", help="move the object into this pixel box (drawn in red)")
+    what.add_argument("--scale", type=float, metavar="F", help="scale the object by F (0.25..4)")
+    what.add_argument("--camera-yaw", type=float, metavar="DEG", help="orbit the camera: yaw in 45 degree steps")
+    what.add_argument("--camera-pitch", type=float, metavar="DEG", help="orbit the camera: pitch in 15 degree steps")
+    what.add_argument("--zoom", choices=("in", "out"), help="zoom the camera in or out")
+    what.add_argument("--object", default="object", help="what to rotate/move/scale (default: %(default)s)")
+    knobs = parser.add_argument_group("sampling")
+    knobs.add_argument("--steps", type=int, default=30, help="denoising steps (default: %(default)s)")
+    knobs.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance (default: %(default)s)")
+    knobs.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    knobs.add_argument("--resolution", type=int, default=1024, help="working resolution, about N x N pixels (default: %(default)s)")
+
+
+def instruction_from_args(args: argparse.Namespace) -> EditInstruction:
+    """Exactly one of the edit flags (yaw and pitch count as one camera move) -> the prompt."""
+    chosen = []
+    if args.instruction:
+        chosen.append(EditInstruction(args.instruction))
+    if args.rotate:
+        chosen.append(instructions.rotate(args.object, args.rotate))
+    if args.move_box:
+        try:
+            box = tuple(int(v) for v in args.move_box.split(","))
+        except ValueError:
+            raise InstructionError(f"--move-box takes four integers x0,y0,x1,y1, got {args.move_box!r}") from None
+        chosen.append(instructions.move_to_box(args.object, box))
+    if args.scale is not None:
+        chosen.append(instructions.scale(args.object, args.scale))
+    if args.camera_yaw is not None or args.camera_pitch is not None:
+        chosen.append(instructions.camera(args.camera_yaw or 0.0, args.camera_pitch or 0.0))
+    if args.zoom:
+        chosen.append(instructions.zoom(args.zoom))
+    if len(chosen) != 1:
+        raise InstructionError(
+            "give exactly one edit: --instruction, --rotate, --move-box, --scale, --camera-yaw/--camera-pitch or --zoom"
+        )
+    return chosen[0]

@@ -1,0 +1,25 @@
+"""The errors lowmem raises for bad input: each message says what is wrong and what to do."""
+
+
+class LowmemError(Exception):
+    """Base class: the CLI prints these as one line and exits non-zero."""
+
+
+class ModelFolderError(LowmemError, FileNotFoundError):
+    """A model folder is missing a file or does not have the expected layout."""
+
+
+class CorruptCheckpointError(LowmemError, ValueError):
+    """A weight file is truncated, corrupt, or does not belong to this model."""
+
+
+class InstructionError(LowmemError, ValueError):
+    """A geometric edit the model was not trained for (an angle, a view, a box)."""
+
+
+class InputImageError(LowmemError, ValueError):
+    """An input image that cannot be read."""
+
+
+class OutputPathError(LowmemError, OSError):
+    """An output path whose folder is missing, or that exists and would be overwritten."""

@@ -1,0 +1,103 @@
+"""Builders for the prompt forms SpatialEdit was trained on, so users never hand-write them.
+
+Object edits: rotation to one of 8 canonical views, translation into a red box drawn on the input
+image, scaling. Camera edits: yaw in 45 degree steps, pitch in 15 degree steps, zoom in/out.
+Anything outside what the model was trained on is an `InstructionError` that lists the allowed
+values, because the model would silently produce something else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from PIL import Image, ImageDraw
+
+from lowmem.errors import InstructionError
+
+VIEWS = ("front", "rear", "left", "right", "front left", "front right", "rear left", "rear right")
+YAW_STEP, YAW_LIMIT = 45, 180
+PITCH_STEP, PITCH_LIMIT = 15, 45
+ALLOWED_YAWS = tuple(range(-YAW_LIMIT, YAW_LIMIT + 1, YAW_STEP))
+ALLOWED_PITCHES = tuple(range(-PITCH_LIMIT, PITCH_LIMIT + 1, PITCH_STEP))
+SCALE_RANGE = (0.25, 4.0)
+BOX_OUTLINE = (255, 0, 0)
+
+
+@dataclass(frozen=True)
+class EditInstruction:
+    """Prompt text, plus the red box to draw on the input for box-guided translation."""
+
+    text: str
+    box: Optional[tuple[int, int, int, int]] = None
+
+    def prepare_image(self, image: Image.Image) -> Image.Image:
+        """The image the model sees: the input, with the red target box drawn when there is one."""
+        return image if self.box is None else draw_box(image, self.box)
+
+
+def _subject(name: str) -> str:
+    name = name.strip()
+    if not name:
+        raise InstructionError("name the object to edit, e.g. 'the chair' -> object='chair'")
+    return name
+
+
+def rotate(obj: str, view: str) -> EditInstruction:
+    """Rotate `obj` to a canonical view: front, rear, left, right or a diagonal such as 'front left'."""
+    normalised = " ".join(view.replace("-", " ").replace("_", " ").lower().split())
+    normalised = normalised.replace("back", "rear")
+    if normalised not in VIEWS:
+        raise InstructionError(f"view {view!r} is not one of the 8 canonical views: {', '.join(VIEWS)}")
+    return EditInstruction(f"Rotate the {_subject(obj)} to show the {normalised} side view.")
+
+
+def move_to_box(obj: str, box: tuple[int, int, int, int], image_size: Optional[tuple[int, int]] = None) -> EditInstruction:
+    """Move `obj` into the pixel box (x0, y0, x1, y1), which is drawn in red on the input image."""
+    if len(box) != 4:
+        raise InstructionError(f"a box is x0,y0,x1,y1, got {box!r}")
+    x0, y0, x1, y1 = (int(v) for v in box)
+    if x1 <= x0 or y1 <= y0 or min(x0, y0) < 0:
+        raise InstructionError(f"box {box!r} is empty or negative: it needs x0 < x1 and y0 < y1, all >= 0")
+    if image_size is not None and (x1 > image_size[0] or y1 > image_size[1]):
+        raise InstructionError(f"box {box!r} reaches outside the {image_size[0]}x{image_size[1]} image")
+    return EditInstruction(f"Move the {_subject(obj)} into the red box.", box=(x0, y0, x1, y1))
+
+
+def scale(obj: str, factor: float) -> EditInstruction:
+    """Scale `obj` by `factor` (0.25 .. 4); larger than 1 enlarges it."""
+    low, high = SCALE_RANGE
+    if not (low <= factor <= high) or factor == 1:
+        raise InstructionError(f"scale factor {factor} must be in [{low}, {high}] and not 1")
+    direction = "larger" if factor > 1 else "smaller"
+    return EditInstruction(f"Scale the {_subject(obj)} by a factor of {factor:g}, making it {direction}.")
+
+
+def camera(yaw: float = 0.0, pitch: float = 0.0) -> EditInstruction:
+    """Orbit the camera: yaw in 45 degree steps (-180..180), pitch in 15 degree steps (-45..45)."""
+    if yaw not in ALLOWED_YAWS:
+        raise InstructionError(f"camera yaw {yaw:g} was not trained; use one of {', '.join(map(str, ALLOWED_YAWS))} degrees")
+    if pitch not in ALLOWED_PITCHES:
+        raise InstructionError(
+            f"camera pitch {pitch:g} was not trained; use one of {', '.join(map(str, ALLOWED_PITCHES))} degrees"
+        )
+    if yaw == 0 and pitch == 0:
+        raise InstructionError("a camera move needs a non-zero yaw or pitch")
+    return EditInstruction(
+        f"Move the camera. Camera rotation: Yaw {float(yaw):.1f}°, Pitch {float(pitch):.1f}°. Keep the 3D scene static."
+    )
+
+
+def zoom(direction: str) -> EditInstruction:
+    """Change the focal length: 'in' or 'out'."""
+    if direction not in ("in", "out"):
+        raise InstructionError(f"zoom is 'in' or 'out', got {direction!r}")
+    return EditInstruction(f"Move the camera. Camera zoom: {direction}. Keep the 3D scene static.")
+
+
+def draw_box(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """A copy of `image` with `box` outlined in red, line width scaled to the image size."""
+    marked = image.convert("RGB").copy()
+    width = max(2, round(min(marked.size) / 128))
+    ImageDraw.Draw(marked).rectangle(box, outline=BOX_OUTLINE, width=width)
+    return marked

@@ -1,0 +1,122 @@
+"""One MM double-stream block of the SpatialEdit DiT, with the official parameter names.
+
+Image and text streams keep their own weights (`img_*`, `txt_*`) and meet in one joint attention
+over [image tokens ; text tokens]. RoPE rotates image queries/keys only. Residuals are gated with
+Wan-style modulation: a learned per-block table added to the network-wide time vector.
+
+`BlockContext.kv_hook` is the one extension point SpotEdit needs: it sees each block's image K/V
+(after RoPE) and may record them or return them extended with cached keys/values of tokens that
+were left out of this forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention import FeedForward
+from torch import nn
+
+from lowmem.models.rope import apply_rope
+
+# (block_index, image_k, image_v) -> (keys, values) to attend over in place of the image K/V.
+KVHook = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dim computed in float32, affine (key `weight`), as the official QK-norm."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+        return normed * self.weight
+
+
+class WanModulation(nn.Module):
+    """shift/scale/gate x2 = per-block `modulate_table` + the shared (B, 6, hidden) time vector."""
+
+    def __init__(self, hidden_size: int, factor: int = 6):
+        super().__init__()
+        self.factor = factor
+        self.modulate_table = nn.Parameter(torch.zeros(1, factor, hidden_size))
+
+    def forward(self, vec: torch.Tensor) -> list[torch.Tensor]:
+        return list((self.modulate_table + vec).unbind(dim=1))
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+@dataclass
+class BlockContext:
+    """What every block of one forward shares."""
+
+    vec: torch.Tensor  # (B, 6, hidden) time modulation vector
+    rope_cos: torch.Tensor  # (L_img, head_dim) or (B, L_img, head_dim)
+    rope_sin: torch.Tensor
+    text_key_mask: Optional[torch.Tensor]  # (B, L_txt) bool, None when no text padding
+    kv_hook: Optional[KVHook] = None
+
+
+class MMDoubleStreamBlock(nn.Module):
+    def __init__(self, hidden_size: int, heads_num: int, mlp_hidden: int):
+        super().__init__()
+        self.heads_num = heads_num
+        head_dim = hidden_size // heads_num
+        for stream in ("img", "txt"):
+            setattr(self, f"{stream}_mod", WanModulation(hidden_size))
+            setattr(self, f"{stream}_norm1", nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6))
+            setattr(self, f"{stream}_attn_qkv", nn.Linear(hidden_size, hidden_size * 3, bias=True))
+            setattr(self, f"{stream}_attn_q_norm", RMSNorm(head_dim))
+            setattr(self, f"{stream}_attn_k_norm", RMSNorm(head_dim))
+            setattr(self, f"{stream}_attn_proj", nn.Linear(hidden_size, hidden_size, bias=True))
+            setattr(self, f"{stream}_norm2", nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6))
+            setattr(self, f"{stream}_mlp", FeedForward(hidden_size, inner_dim=mlp_hidden, activation_fn="gelu-approximate"))
+
+    def _qkv(self, stream: str, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor):
+        h = modulate(getattr(self, f"{stream}_norm1")(x), shift, scale)
+        qkv = getattr(self, f"{stream}_attn_qkv")(h)
+        q, k, v = qkv.unflatten(-1, (3, self.heads_num, -1)).unbind(dim=2)  # each (B, L, H, D)
+        q = getattr(self, f"{stream}_attn_q_norm")(q).to(v.dtype)
+        k = getattr(self, f"{stream}_attn_k_norm")(k).to(v.dtype)
+        return q, k, v
+
+    def _update(self, stream: str, x: torch.Tensor, attn: torch.Tensor, mods: list[torch.Tensor]) -> torch.Tensor:
+        _, _, gate1, shift2, scale2, gate2 = mods
+        x = x + getattr(self, f"{stream}_attn_proj")(attn) * gate1.unsqueeze(1)
+        mlp_in = modulate(getattr(self, f"{stream}_norm2")(x), shift2, scale2)
+        return x + getattr(self, f"{stream}_mlp")(mlp_in) * gate2.unsqueeze(1)
+
+    def forward(
+        self, img: torch.Tensor, txt: torch.Tensor, ctx: BlockContext, index: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        img_mods = self.img_mod(ctx.vec)
+        txt_mods = self.txt_mod(ctx.vec)
+        img_q, img_k, img_v = self._qkv("img", img, img_mods[0], img_mods[1])
+        img_q = apply_rope(img_q, ctx.rope_cos, ctx.rope_sin)
+        img_k = apply_rope(img_k, ctx.rope_cos, ctx.rope_sin)
+        txt_q, txt_k, txt_v = self._qkv("txt", txt, txt_mods[0], txt_mods[1])
+        if ctx.kv_hook is not None:
+            img_k, img_v = ctx.kv_hook(index, img_k, img_v)
+
+        q = torch.cat((img_q, txt_q), dim=1).transpose(1, 2)
+        k = torch.cat((img_k, txt_k), dim=1).transpose(1, 2)
+        v = torch.cat((img_v, txt_v), dim=1).transpose(1, 2)
+        mask = None
+        if ctx.text_key_mask is not None:
+            image_keys = ctx.text_key_mask.new_ones(img_k.shape[0], img_k.shape[1])
+            mask = torch.cat((image_keys, ctx.text_key_mask), dim=1)[:, None, None, :]
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).flatten(2)
+
+        n_img = img.shape[1]
+        img = self._update("img", img, attn[:, :n_img], img_mods)
+        txt = self._update("txt", txt, attn[:, n_img:], txt_mods)
+        return img, txt

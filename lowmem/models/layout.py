@@ -1,0 +1,76 @@
+"""The on-disk layout of a SpatialEdit model folder (the official release's, as lowmem reads it).
+
+    MODEL/
+      transformer/diffusion_pytorch_model.safetensors.index.json   shard index (weight_map)
+      transformer/diffusion_pytorch_model-0000K-of-0000N.safetensors
+      transformer/config.json                                      optional: DiT config, official names
+      vae/Wan2.1_VAE.pth                                           the Wan2.1 VAE, original key names
+      text_encoder/                                                a Qwen3-VL-8B-Instruct folder
+
+A single `transformer/diffusion_pytorch_model.safetensors` (no index) is accepted too, and the VAE
+may be a `.safetensors` file. A quantized folder written by `lowmem quantize` has the same
+`vae/` and `text_encoder/` parts plus its own `manifest.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lowmem.errors import ModelFolderError
+
+DIT_INDEX = "diffusion_pytorch_model.safetensors.index.json"
+DIT_SINGLE = "diffusion_pytorch_model.safetensors"
+VAE_CANDIDATES = ("Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors")
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    root: Path
+    transformer: Path
+    vae_file: Path
+    text_encoder: Path
+
+    @property
+    def dit_config_file(self) -> Path:
+        return self.transformer / "config.json"
+
+    def dit_shards(self) -> dict[str, Path]:
+        """tensor name -> shard file, from the index (or the single file's own header)."""
+        index = self.transformer / DIT_INDEX
+        if index.exists():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError) as exc:
+                raise ModelFolderError(f"{index} is not a valid safetensors index ({exc}); re-download it") from exc
+            shards = {name: self.transformer / file for name, file in weight_map.items()}
+            for file in sorted(set(shards.values())):
+                if not file.exists():
+                    raise ModelFolderError(f"DiT shard {file} listed in {index.name} is missing; re-download it")
+            return shards
+        single = self.transformer / DIT_SINGLE
+        if single.exists():
+            from safetensors import safe_open
+
+            with safe_open(single, "pt") as f:
+                return {name: single for name in f.keys()}
+        raise ModelFolderError(f"{self.transformer} holds neither {DIT_INDEX} nor {DIT_SINGLE}")
+
+
+def open_model_folder(path: str | Path) -> ModelFolder:
+    """Check that `path` has the SpatialEdit layout; raise ModelFolderError naming what is missing."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise ModelFolderError(f"model folder {root} does not exist; pass the folder holding transformer/, vae/ and text_encoder/")
+    transformer = root / "transformer"
+    if not transformer.is_dir():
+        raise ModelFolderError(f"{root} has no transformer/ folder: this is not a SpatialEdit model folder")
+    vae_dir = root / "vae"
+    vae_file = next((vae_dir / name for name in VAE_CANDIDATES if (vae_dir / name).exists()), None)
+    if vae_file is None:
+        raise ModelFolderError(f"{vae_dir} holds no {' or '.join(VAE_CANDIDATES)}; download the Wan2.1 VAE into it")
+    text_encoder = root / "text_encoder"
+    if not (text_encoder / "config.json").exists():
+        raise ModelFolderError(f"{text_encoder} holds no config.json; put the Qwen3-VL-8B-Instruct folder there")
+    return ModelFolder(root=root, transformer=transformer, vae_file=vae_file, text_encoder=text_encoder)
