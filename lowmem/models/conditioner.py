@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import torch
+
 from torch import nn
 
 # Our own wording of the official system instruction (same content: describe the input image(s)).
@@ -32,18 +33,19 @@ _EXPECTED = (
     "shards with model.safetensors.index.json, tokenizer files (tokenizer.json or vocab.json + "
     "merges.txt, tokenizer_config.json), preprocessor_config.json and chat_template.json"
 )
+from lowmem.errors import ModelFolderError
 
 
 def _check_folder(folder: Path) -> None:
     """Raise FileNotFoundError naming what is missing and what belongs there."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"Qwen3-VL folder not found: {folder}. Expected {_EXPECTED}.")
+        raise ModelFolderError(f"Qwen3-VL folder not found: {folder}. Expected {_EXPECTED}.")
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
+        raise ModelFolderError(
             f"Missing {folder / 'config.json'}: {folder} must be {_EXPECTED}."
         )
     if not list(folder.glob("*.safetensors")):
-        raise FileNotFoundError(
+        raise ModelFolderError(
             f"No *.safetensors weights in {folder}: expected model.safetensors or model-*.safetensors "
             f"shards with model.safetensors.index.json."
         )
@@ -52,16 +54,16 @@ def _check_folder(folder: Path) -> None:
         shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
         missing = sorted(s for s in shards if not (folder / s).is_file())
         if missing:
-            raise FileNotFoundError(
+            raise ModelFolderError(
                 f"Weight shard(s) listed in {index} are missing: {', '.join(missing)}."
             )
     if not ((folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file()):
-        raise FileNotFoundError(
+        raise ModelFolderError(
             f"No tokenizer in {folder}: expected tokenizer.json (or vocab.json + merges.txt) "
             f"and tokenizer_config.json."
         )
     if not (folder / "preprocessor_config.json").is_file():
-        raise FileNotFoundError(
+        raise ModelFolderError(
             f"Missing {folder / 'preprocessor_config.json'} (the Qwen2-VL image processor settings)."
         )
 

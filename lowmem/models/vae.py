@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from torch import Tensor
 
 from diffusers import AutoencoderKLWan
 
+from lowmem.errors import CorruptCheckpointError, ModelFolderError
 from lowmem.models.wan_vae_keys import (
     diffusers_from_official,
     is_diffusers_layout,
@@ -49,8 +51,8 @@ VAE_CONFIGS: dict[str, dict[str, Any]] = {"full": FULL_VAE_CONFIG, "tiny": TINY_
 _SPATIAL = 8  # Wan2.1 VAE spatial compression
 
 
-def _corrupt(path: Path, why: str) -> ValueError:
-    return ValueError(f"VAE file {path} is corrupt or not a Wan2.1 VAE: {why}")
+def _corrupt(path: Path, why: str) -> CorruptCheckpointError:
+    return CorruptCheckpointError(f"VAE file {path} is corrupt or not a Wan2.1 VAE: {why}")
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
@@ -98,7 +100,7 @@ class WanVAE:
         """
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"Wan2.1 VAE file not found: {path}")
+            raise ModelFolderError(f"Wan2.1 VAE file not found: {path}")
         sd = _read_state_dict(path)
 
         if is_official_layout(sd.keys()):
