@@ -18,6 +18,8 @@ import torch
 
 from torch import nn
 
+from lowmem.errors import ModelFolderError
+
 # Our own wording of the official system instruction (same content: describe the input image(s)).
 DEFAULT_SYSTEM_PROMPT: str = (
     "Describe the input image or images in detail: the colour, shape, size and texture of each "
@@ -33,7 +35,6 @@ _EXPECTED = (
     "shards with model.safetensors.index.json, tokenizer files (tokenizer.json or vocab.json + "
     "merges.txt, tokenizer_config.json), preprocessor_config.json and chat_template.json"
 )
-from lowmem.errors import ModelFolderError
 
 
 def _check_folder(folder: Path) -> None:
