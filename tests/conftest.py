@@ -1,0 +1,36 @@
+"""Shared fixtures: one tiny seeded model folder per test session, written through lowmem.testing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Tests must never reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lowmem.testing import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_model: Path):
+    from lowmem.pipeline import SpatialEditPipeline
+
+    return SpatialEditPipeline.from_folder(tiny_model, device="cpu")
+
+
+@pytest.fixture
+def scene() -> Image.Image:
+    """64x64 RGB test image: a red square on a grey-blue background."""
+    canvas = np.full((64, 64, 3), (200, 210, 225), dtype=np.uint8)
+    canvas[20:44, 20:44] = (180, 60, 40)
+    return Image.fromarray(canvas)
