@@ -1,0 +1,23 @@
+"""Move an object into a box (drawn in red on the input).
+
+    python examples/move_object.py [--model MODEL] [--image IN] [--out OUT]
+"""
+
+from _common import example_arguments, model_and_image
+
+from lowmem import instructions
+from lowmem.pipeline import SpatialEditPipeline
+
+
+def main() -> None:
+    args = example_arguments(__doc__.splitlines()[0]).parse_args()
+    model, image = model_and_image(args)
+    pipe = SpatialEditPipeline.from_folder(model)
+    edit = instructions.move_to_box("object", (4, 36, 28, 60), image_size=image.size)
+    result = pipe.edit(image, edit, steps=args.steps, resolution=args.resolution, seed=0)
+    result.image.save(args.out)
+    print(f"{edit.text}\n{result.report.format()}\nsaved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
