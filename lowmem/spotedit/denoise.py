@@ -1,0 +1,124 @@
+"""The SpotEdit denoising loop for the SpatialEdit pipeline.
+
+Steps: the first `initial` steps and the reset steps run in full and record the K/V caches; after
+each step the selector turns X0_hat into the active-token mask for the next step; a spot step runs
+the DiT on the active tokens only (CFG rows [uncond ; cond] share the set), and the non-edited
+tokens follow the velocity that carries them straight to the condition latent, v = (x - y) / sigma.
+A step whose mask holds every token runs in full, so a threshold that skips nothing gives exactly
+the full path. At the end the non-edited tokens are replaced by the condition's (`replace_tokens`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from lowmem.models.dit import SpatialEditDiT
+from lowmem.models.scheduler import make_scheduler
+from lowmem.models.vae import WanVAE
+from lowmem.spotedit.attention import fusion_alpha
+from lowmem.spotedit.cache import SpotKVCache
+from lowmem.spotedit.config import SpotConfig
+from lowmem.spotedit.model import DiTSpotModel
+from lowmem.spotedit.replace import replace_tokens
+from lowmem.spotedit.selector import SpotSelector, tokens_to_latent
+
+
+@dataclass
+class SpotOutcome:
+    active_fraction: list[float] = field(default_factory=list)  # per step; 1.0 for full steps
+    full_steps: list[int] = field(default_factory=list)
+    cache_bytes: int = 0
+    cache_device: str = ""
+    edited_mask: Optional[torch.Tensor] = None  # (h, w) bool token mask of the final edited region
+
+    def report_items(self) -> dict:
+        return {
+            "spot active fraction per step": " ".join(f"{f:.2f}" for f in self.active_fraction),
+            "spot full steps": self.full_steps,
+            "spot kv cache": f"{self.cache_bytes / 2**20:.1f} MiB on {self.cache_device or '-'}",
+            "spot_active_fraction": [round(f, 4) for f in self.active_fraction],
+            "spot_cache_bytes": self.cache_bytes,
+        }
+
+    def mask_image(self, size: tuple[int, int]) -> Optional[Image.Image]:
+        """The edited region as a black/white image of `size` (width, height); None without a mask."""
+        if self.edited_mask is None:
+            return None
+        pixels = self.edited_mask.cpu().numpy().astype(np.uint8) * 255
+        return Image.fromarray(pixels, mode="L").resize(size, Image.NEAREST)
+
+
+class SpotVelocityModel:
+    """What the loop needs from the network; `DiTSpotModel` is the real one (tests may fake it)."""
+
+    def new_cache(self, device) -> SpotKVCache: ...
+    def full(self, latents, timestep, text_states, text_mask, cache=None) -> torch.Tensor: ...
+    def partial(self, latents, timestep, text_states, text_mask, active, cache, alpha) -> torch.Tensor: ...
+
+
+def spot_denoise(
+    dit: SpatialEditDiT | SpotVelocityModel,
+    vae: WanVAE,
+    condition: torch.Tensor,
+    states: torch.Tensor,
+    mask: torch.Tensor,
+    steps: int,
+    guidance: float,
+    generator: torch.Generator,
+    config: SpotConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: bool = True,
+) -> tuple[torch.Tensor, SpotOutcome]:
+    """`SpatialEditPipeline.denoise` with SpotEdit; same noise and full steps as the plain loop."""
+    from lowmem.pipeline import guided_velocity  # the pipeline imports this module
+
+    model = DiTSpotModel(dit) if isinstance(dit, SpatialEditDiT) else dit
+    scheduler = make_scheduler(steps)
+    x = torch.randn(condition.shape, generator=generator, dtype=torch.float32).to(device)
+    condition = condition.float()
+    initial, resets = config.schedule(steps)
+    selector = SpotSelector(vae, condition, config.threshold, config.dilation)
+    cache: Optional[SpotKVCache] = None
+    edited: Optional[torch.Tensor] = None  # active mask for the coming step
+    outcome = SpotOutcome()
+
+    for i, t in enumerate(tqdm(scheduler.timesteps, desc="denoise (spot)", disable=not progress, leave=False)):
+        sigma = float(scheduler.sigmas[i])
+        items = torch.stack((condition, x), dim=1).expand(2, -1, -1, -1, -1, -1)  # [uncond ; cond]
+        timestep = t.to(device, torch.float32).expand(2)
+        spot_step = (
+            cache is not None and cache.ready and edited is not None and i >= initial and i not in resets
+            and not bool(edited.all())
+        )
+        if spot_step:
+            active = edited.flatten().nonzero().squeeze(1).to(device)
+            v = model.partial(items.to(dtype), timestep, states, mask, active, cache, fusion_alpha(sigma)).float()
+            v = guided_velocity(v[:1], v[1:], guidance)
+            reuse = tokens_to_latent(~edited).to(device)
+            v = torch.where(reuse, (x - condition) / sigma, v)
+            outcome.active_fraction.append(active.numel() / edited.numel())
+        else:
+            record = i + 1 < steps and i + 1 >= initial and (i + 1) not in resets
+            if record and cache is None:
+                cache = model.new_cache(config.cache_device)
+            v = model.full(items.to(dtype), timestep, states, mask, cache if record else None).float()
+            v = guided_velocity(v[:1], v[1:], guidance)
+            outcome.active_fraction.append(1.0)
+            outcome.full_steps.append(i)
+        if i + 1 >= initial:
+            edited = selector.select(x - sigma * v)  # for the next step; after the last: the final region
+        x = scheduler.step(v, t, x).prev_sample
+
+    if edited is not None and not bool(edited.all()):
+        x = replace_tokens(x, condition, edited.to(x.device))
+    outcome.edited_mask = edited
+    if cache is not None:
+        outcome.cache_bytes, outcome.cache_device = cache.nbytes, str(cache.device)
+    return x, outcome
