@@ -23,3 +23,7 @@ class InputImageError(LowmemError, ValueError):
 
 class OutputPathError(LowmemError, OSError):
     """An output path whose folder is missing, or that exists and would be overwritten."""
+
+
+class ManifestVersionError(LowmemError, ValueError):
+    """A quantized folder whose manifest.json was written by an unknown (newer or older) format version."""

@@ -1,0 +1,75 @@
+"""Which Linear layers get quantized: per component, minus a skip list of fnmatch patterns.
+
+Only 2-D Linear weights are ever quantized; every 1-D tensor, convolution, embedding and norm
+stays in the checkpoint precision. The default skip lists keep the tensors that quantization
+hurts most (DiT: patch / time / text embeddings, modulation, norms, the final projection;
+Qwen3-VL: everything outside the text decoder layers).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Iterable
+
+from torch import nn
+
+from quantize.schemes import supports
+
+DIT_DEFAULT_SKIP = ("img_in*", "condition_embedder.*", "*norm*", "*_mod.*", "*modulate_table*", "proj_out*")
+VLM_DEFAULT_SKIP = ("model.visual.*", "*embed_tokens*", "lm_head*", "*norm*")
+VLM_LAYER_PREFIX = "model.language_model.layers."
+DIT_BLOCK_PREFIX = "double_blocks."
+COMPONENTS = ("dit", "vlm")
+
+_UNIT = {
+    "dit": re.compile(r"^double_blocks\.(\d+)\."),
+    "vlm": re.compile(r"^model\.language_model\.layers\.(\d+)\."),
+}
+
+
+def default_skip(component: str) -> tuple[str, ...]:
+    return DIT_DEFAULT_SKIP if component == "dit" else VLM_DEFAULT_SKIP
+
+
+def is_skipped(module_name: str, patterns: Iterable[str]) -> bool:
+    weight = f"{module_name}.weight"
+    return any(fnmatch.fnmatchcase(module_name, p) or fnmatch.fnmatchcase(weight, p) for p in patterns)
+
+
+def quantizable_linears(model: nn.Module, component: str, skip: Iterable[str], scheme: str, backend: str) -> list[str]:
+    """Names of the Linear modules of `model` to quantize (works on meta-built models)."""
+    skip = tuple(skip)
+    names = []
+    for name, module in model.named_modules():
+        if type(module) is not nn.Linear:
+            continue
+        if component == "vlm" and not name.startswith(VLM_LAYER_PREFIX):
+            continue
+        if is_skipped(name, skip):
+            continue
+        if not supports((module.out_features, module.in_features), scheme, backend):
+            continue
+        names.append(name)
+    return names
+
+
+def unit_of(name: str, component: str) -> str:
+    """The output file stem a tensor belongs to: block_007 / layer_012, or rest."""
+    match = _UNIT[component].match(name)
+    if match is None:
+        return "rest"
+    return f"{'block' if component == 'dit' else 'layer'}_{int(match.group(1)):03d}"
+
+
+def swap_linears(model: nn.Module, names: Iterable[str], scheme: str, backend: str, device="meta") -> None:
+    """Replace each named nn.Linear by an empty QuantizedLinear (on `device`, meta by default)."""
+    from quantize.linear import QuantizedLinear
+
+    for name in names:
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        linear = getattr(parent, leaf)
+        bias_dtype = linear.bias.dtype if linear.bias is not None else linear.weight.dtype
+        setattr(parent, leaf, QuantizedLinear(linear.in_features, linear.out_features, linear.bias is not None,
+                                              scheme, backend, device=device, bias_dtype=bias_dtype))
