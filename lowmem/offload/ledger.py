@@ -1,0 +1,66 @@
+"""MemoryLedger: every byte the runtime places on the compute device, by name, with its peak.
+
+The runtime calls `place(name, bytes)` when it puts something on the device (resident weights,
+the slot ring, SpotEdit caches, an activation estimate for the phase) and `release(name)` when it
+takes it away. On CUDA the ledger's peak is compared with `torch.cuda.max_memory_allocated`; the
+run report prints both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from lowmem.offload.budget import format_bytes
+
+
+@dataclass
+class MemoryLedger:
+    budget: Optional[int] = None
+    device: str = "cpu"
+    items: dict[str, int] = field(default_factory=dict)
+    peak: int = 0
+    peak_items: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def current(self) -> int:
+        return sum(self.items.values())
+
+    def place(self, name: str, nbytes: int) -> None:
+        self.items[name] = int(nbytes)
+        if self.current > self.peak:
+            self.peak = self.current
+            self.peak_items = dict(self.items)
+
+    def release(self, name: str) -> None:
+        self.items.pop(name, None)
+
+    @property
+    def over_budget(self) -> bool:
+        return self.budget is not None and self.peak > self.budget
+
+    def measured_peak(self) -> Optional[int]:
+        """torch.cuda.max_memory_allocated on CUDA, None elsewhere."""
+        if self.device.startswith("cuda") and torch.cuda.is_available():
+            return int(torch.cuda.max_memory_allocated())
+        return None
+
+    def summary(self) -> dict:
+        out = {"ledger_peak_bytes": self.peak, "ledger_peak_items": self.peak_items}
+        if self.budget is not None:
+            out["budget_bytes"] = self.budget
+        measured = self.measured_peak()
+        if measured is not None:
+            out["measured_peak_bytes"] = measured
+        return out
+
+    def format(self) -> str:
+        text = f"ledger peak {format_bytes(self.peak)}"
+        if self.budget is not None:
+            text += f" of budget {format_bytes(self.budget)}"
+        measured = self.measured_peak()
+        if measured is not None:
+            text += f", torch.cuda.max_memory_allocated {format_bytes(measured)}"
+        return text

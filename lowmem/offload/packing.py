@@ -1,0 +1,81 @@
+"""A block as a set of named plain tensors packed into one flat byte buffer, and re-pointing it.
+
+Any module whose state is plain tensors (float weights, or packed uint8/int8 weights with their
+scales) is described by a `BlockLayout`: for each parameter and buffer its owner, dtype, shape and
+byte offset (256-byte aligned) in one flat buffer. `bind` re-points every tensor of the module to a
+view of a buffer laid out that way (no copy); `park` re-points them to zero-stride placeholders so
+the module holds no memory while it waits for its next turn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+ALIGN = 256
+
+
+@dataclass(frozen=True)
+class Entry:
+    owner: nn.Module
+    attr: str
+    is_param: bool
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+class BlockLayout:
+    def __init__(self, module: nn.Module):
+        entries, offset = [], 0
+        for kind in ("param", "buffer"):
+            named = module.named_parameters() if kind == "param" else module.named_buffers()
+            for name, tensor in named:
+                owner_name, _, attr = name.rpartition(".")
+                owner = module.get_submodule(owner_name) if owner_name else module
+                nbytes = tensor.numel() * tensor.element_size()
+                entries.append(Entry(owner, attr, kind == "param", tensor.dtype, tuple(tensor.shape), offset, nbytes))
+                offset += -(-nbytes // ALIGN) * ALIGN
+        self.entries: list[Entry] = entries
+        self.nbytes = offset
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The module's current tensors, in layout order."""
+        return [_get(e) for e in self.entries]
+
+    def pack_into(self, flat: torch.Tensor) -> None:
+        """Copy the module's current tensors into `flat` (uint8, >= nbytes), in layout order."""
+        for e, t in zip(self.entries, self.tensors()):
+            if e.nbytes:
+                flat[e.offset : e.offset + e.nbytes].copy_(t.detach().contiguous().reshape(-1).view(torch.uint8))
+
+    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        return [flat[e.offset : e.offset + e.nbytes].view(e.dtype).view(e.shape) for e in self.entries]
+
+    def bind(self, views: list[torch.Tensor]) -> None:
+        for e, v in zip(self.entries, views):
+            _set(e, v)
+
+    def park(self, placeholders: dict[torch.dtype, torch.Tensor]) -> None:
+        for e in self.entries:
+            _set(e, placeholders[e.dtype].expand(e.shape))
+
+
+def _get(e: Entry) -> torch.Tensor:
+    return e.owner._parameters[e.attr] if e.is_param else e.owner._buffers[e.attr]
+
+
+def _set(e: Entry, value: torch.Tensor) -> None:
+    if e.is_param:
+        e.owner._parameters[e.attr].data = value
+    else:
+        e.owner._buffers[e.attr] = value
+
+
+def placeholders_for(layouts: list[BlockLayout], device: torch.device) -> dict[torch.dtype, torch.Tensor]:
+    """One single-element tensor per dtype on `device`: what parked tensors point at."""
+    dtypes = {e.dtype for layout in layouts for e in layout.entries}
+    return {d: torch.zeros((), dtype=d, device=device) for d in dtypes}
