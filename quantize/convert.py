@@ -1,0 +1,230 @@
+"""The streaming converter: an original SpatialEdit folder -> a quantized, self-contained folder.
+
+    OUT/
+      manifest.json                       format version, scheme/backend per tensor, skip lists,
+                                          source sha256s, per-layer error, DiT config
+      transformer/config.json
+      transformer/block_000.safetensors   one file per DiT block (quantized Linears + bf16 rest)
+      transformer/rest.safetensors        embeddings, final layer (bf16)
+      text_encoder/layer_000.safetensors  one file per Qwen3-VL decoder layer (when vlm is quantized)
+      text_encoder/rest.safetensors       vision tower, embeddings, lm_head, final norm (bf16)
+      text_encoder/*.json ...             config, tokenizer, processor (copied)
+      vae/                                copied
+
+The source is read one tensor at a time (safetensors mmap, opened and closed per tensor) and one
+output file is written per block, so peak RAM stays near one block. Everything is built in
+`OUT.partial/`; each finished block is recorded with its sha256 in `OUT.partial/partial.json`, so
+an interrupted run resumes from the finished blocks, and `OUT.partial/` becomes `OUT` by one rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from lowmem.errors import CorruptCheckpointError, LowmemError, OutputPathError
+from lowmem.models.layout import open_model_folder
+from quantize.manifest import FORMAT_VERSION, MANIFEST, format_error_table, sha256_file, write_json_atomic
+from quantize.plan import COMPONENTS, default_skip, quantizable_linears, unit_of
+from quantize.schemes import GROUP_SIZE, check_scheme, dequantize, quantize_linear_weight, weight_error
+from quantize.sources import ComponentSource, check_names, check_shards, dit_source, meta_dit, meta_vlm, read_tensor, vlm_source
+
+PARTIAL_STATE = "partial.json"
+SUBDIR = {"dit": "transformer", "vlm": "text_encoder"}
+
+
+def quantize_tensors(
+    names: Iterable[str],
+    source: ComponentSource,
+    quant_modules: set[str],
+    scheme: str,
+    backend: str,
+    expected_shapes: dict[str, torch.Size],
+    measure: bool = True,
+):
+    """Yield (name, stored tensors, manifest entry) for each source tensor, read one at a time."""
+    for name in names:
+        tensor = read_tensor(source.shards[name], name)
+        if name in expected_shapes and tensor.shape != expected_shapes[name]:
+            raise CorruptCheckpointError(
+                f"{name} has shape {tuple(tensor.shape)} in {source.shards[name].name} but the config expects "
+                f"{tuple(expected_shapes[name])}; the config does not match the weights"
+            )
+        module, _, leaf = name.rpartition(".")
+        if leaf == "weight" and module in quant_modules:
+            stored = quantize_linear_weight(tensor, scheme, backend)
+            entry = {"scheme": scheme, "backend": backend, "shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch.")}
+            if measure:
+                approx = dequantize(stored, tuple(tensor.shape), scheme, backend, torch.float32)
+                rel, sqnr = weight_error(tensor, approx)
+                del approx
+                entry.update(rel_error=rel, sqnr_db=sqnr)
+            yield name, {f"{module}.{k}": v for k, v in stored.items()}, entry
+        else:
+            entry = {"scheme": "none", "shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch.")}
+            yield name, {name: tensor}, entry
+        del tensor
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputPathError(f"{out} already exists and is not empty; choose a new --out folder (nothing was changed)")
+    if not out.parent.is_dir():
+        raise OutputPathError(f"the folder {out.parent} for --out does not exist; create it first")
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _units(names: Sequence[str], component: str) -> dict[str, list[str]]:
+    units: dict[str, list[str]] = {}
+    for name in names:
+        units.setdefault(unit_of(name, component), []).append(name)
+    blocks = sorted(u for u in units if u != "rest")
+    return {u: units[u] for u in blocks + (["rest"] if "rest" in units else [])}
+
+
+def convert(
+    model: str | Path,
+    out: str | Path,
+    scheme: str,
+    backend: Optional[str] = None,
+    components: Sequence[str] = COMPONENTS,
+    skip: Sequence[str] = (),
+    progress: bool = True,
+    print_table: bool = True,
+) -> dict:
+    """Quantize `model` into the new folder `out`; return the manifest (also written as OUT/manifest.json)."""
+    backend = check_scheme(scheme, backend)
+    components = tuple(c for c in COMPONENTS if c in components)
+    if not components:
+        raise LowmemError("nothing to quantize: --component must be dit, vlm or all")
+    folder = open_model_folder(model)
+    out = Path(out).expanduser()
+    _check_out(out)
+    partial = out.with_name(out.name + ".partial")
+
+    # Inputs first: every shard is opened once, so a truncated file fails before anything is written.
+    dit_src = dit_source(folder)
+    vlm_src = vlm_source(folder.text_encoder)
+    check_shards(dit_src.shards.values())
+    if "vlm" in components:
+        check_shards(vlm_src.shards.values())
+
+    dit_model, dit_config = meta_dit(folder)
+    metas = {"dit": dit_model}
+    if "vlm" in components:
+        metas["vlm"] = meta_vlm(folder.text_encoder)
+    sources = {"dit": dit_src, "vlm": vlm_src}
+    skips = {c: list(default_skip(c)) + list(skip) for c in COMPONENTS}
+    plans = {}
+    for c in components:
+        check_names(sources[c], metas[c])
+        plans[c] = set(quantizable_linears(metas[c], c, skips[c], scheme, backend))
+
+    # Every file this output derives from, with its hash (also what a resumed run must match).
+    copied = [p for p in sorted(folder.vae_file.parent.iterdir()) if p.is_file()]
+    te_files = [p for p in sorted(folder.text_encoder.iterdir()) if p.is_file()]
+    tr_files = dit_src.files if "dit" in components else [p for p in sorted(folder.transformer.iterdir()) if p.is_file()]
+    if folder.dit_config_file.exists() and folder.dit_config_file not in tr_files:
+        tr_files = tr_files + [folder.dit_config_file]
+    source_files = sorted(set(copied + te_files + tr_files))
+    hashes = {str(p.relative_to(folder.root)): sha256_file(p)
+              for p in tqdm(source_files, desc="hash source", disable=not progress, leave=False)}
+    options = {"scheme": scheme, "backend": backend, "components": list(components),
+               "skip": {c: skips[c] for c in components}, "source_files": hashes}
+
+    state_file = partial / PARTIAL_STATE
+    state = {"options": options, "units": {}}
+    if state_file.exists():
+        previous = json.loads(state_file.read_text())
+        if previous.get("options") != options:
+            raise LowmemError(
+                f"{partial} holds an interrupted conversion with other options or another source; "
+                f"re-run with the same options to resume it, or delete {partial} to start over"
+            )
+        state = previous
+    partial.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(state_file, state)
+
+    parts: dict[str, dict] = {}
+    for c in components:
+        subdir = partial / SUBDIR[c]
+        subdir.mkdir(exist_ok=True)
+        expected = {k: v.shape for k, v in metas[c].state_dict().items()}
+        units = _units(sources[c].names(), c)
+        tensors: dict[str, dict] = {}
+        files = []
+        for unit, names in tqdm(units.items(), desc=f"quantize {c} ({scheme}/{backend})", disable=not progress, unit="block"):
+            rel = f"{SUBDIR[c]}/{unit}.safetensors"
+            files.append(rel)
+            done = state["units"].get(rel)
+            target = partial / rel
+            if done and target.exists() and sha256_file(target) == done["sha256"]:
+                tensors.update(done["tensors"])
+                continue
+            stored: dict[str, torch.Tensor] = {}
+            entries = {}
+            for name, parts_of, entry in quantize_tensors(names, sources[c], plans[c], scheme, backend, expected):
+                stored.update(parts_of)
+                entry["file"] = rel
+                entries[name] = entry
+            tmp = target.with_name(f".{target.name}.tmp")
+            save_file(stored, str(tmp), metadata={"format": "pt", "lowmem_scheme": scheme, "lowmem_backend": backend})
+            del stored
+            os.replace(tmp, target)
+            state["units"][rel] = {"sha256": sha256_file(target), "tensors": entries}
+            write_json_atomic(state_file, state)
+            tensors.update(entries)
+        parts[c] = {"quantized": True, "files": files, "tensors": tensors}
+
+    # The rest of a self-contained model folder.
+    for p in copied:
+        _copy_file(p, partial / "vae" / p.name)
+    if "vlm" in components:
+        weights = set(vlm_src.files)
+        for p in te_files:
+            if p not in weights and p.suffix != ".safetensors":
+                _copy_file(p, partial / "text_encoder" / p.name)
+    else:
+        for p in te_files:
+            _copy_file(p, partial / "text_encoder" / p.name)
+    if "dit" not in components:
+        for p in tr_files:
+            _copy_file(p, partial / "transformer" / p.relative_to(folder.transformer))
+    else:
+        (partial / "transformer" / "config.json").write_text(dit_config.to_json())
+
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "scheme": scheme,
+        "backend": backend,
+        "group_size": GROUP_SIZE,
+        "components": list(components),
+        "skip": {c: skips[c] for c in components},
+        "source": {"folder": str(folder.root.resolve()), "sha256": hashes},
+        "files": {rel: u["sha256"] for rel, u in state["units"].items()},
+        "dit": parts.get("dit", {"quantized": False}),
+        "vlm": parts.get("vlm", {"quantized": False}),
+        "dit_config": asdict(dit_config),
+    }
+    write_json_atomic(partial / MANIFEST, manifest)
+    state_file.unlink()
+    if out.exists():
+        out.rmdir()  # empty (checked above)
+    os.replace(partial, out)
+    if print_table:
+        print(format_error_table(manifest, limit=40))
+    return manifest

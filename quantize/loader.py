@@ -1,0 +1,176 @@
+"""Loading quantized weights: models are built on the meta device, Linears are swapped for empty
+QuantizedLinear modules, and the stored tensors are assigned in straight from the files (mmap),
+so no dense copy of a quantized weight ever exists.
+
+Two sources: a folder written by `lowmem quantize` (per-block files + manifest.json), or an
+original folder quantized in memory while loading, one tensor at a time (`quantization=`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+from lowmem.errors import CorruptCheckpointError
+from lowmem.models.layout import ModelFolder, open_model_folder
+from quantize.linear import QuantizedLinear
+from quantize.manifest import read_manifest
+from quantize.plan import default_skip, quantizable_linears, swap_linears
+from quantize.schemes import check_scheme
+from quantize.sources import ComponentSource, check_names, dit_source, meta_dit, meta_vlm, open_shard, vlm_source
+
+
+def assign_tensor(model: nn.Module, key: str, tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> None:
+    """Put `tensor` in place of the (meta) tensor `key`; float tensors of plain modules take `dtype`."""
+    module_name, _, leaf = key.rpartition(".")
+    module = model.get_submodule(module_name) if module_name else model
+    keep = isinstance(module, QuantizedLinear) and leaf in module.stored_names
+    if not keep and tensor.is_floating_point():
+        tensor = tensor.to(dtype)
+    tensor = tensor.to(device)
+    if leaf in module._parameters:
+        module._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
+    elif leaf in module._buffers:
+        expected = module._buffers[leaf]
+        if keep and (expected.shape != tensor.shape or expected.dtype != tensor.dtype):
+            raise CorruptCheckpointError(
+                f"{key}: stored {tuple(tensor.shape)} {tensor.dtype}, expected {tuple(expected.shape)} {expected.dtype}"
+            )
+        module._buffers[leaf] = tensor
+    else:
+        raise CorruptCheckpointError(f"{key!r} is not a tensor of this model")
+
+
+def _finish(model: nn.Module, device: torch.device, what: str) -> nn.Module:
+    missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if missing:
+        raise CorruptCheckpointError(f"the {what} weights lack {len(missing)} tensors (first: {missing[0]}); re-run the conversion")
+    for module in model.modules():  # non-persistent buffers (rotary tables) built on the CPU
+        for name, buf in module._buffers.items():
+            if buf is not None and buf.device != device:
+                module._buffers[name] = buf.to(device)
+    return model.eval().requires_grad_(False)
+
+
+def _fill_from_files(model: nn.Module, root: Path, files: Iterable[str], device, dtype) -> None:
+    for rel in files:
+        path = root / rel
+        with open_shard(path) as reader:
+            for key in reader.keys():
+                try:
+                    tensor = reader.get_tensor(key)
+                except Exception as exc:
+                    raise CorruptCheckpointError(f"{path} is truncated or corrupt at {key!r} ({exc}); re-run the conversion") from exc
+                assign_tensor(model, key, tensor, device, dtype)
+
+
+def _quantized_modules(tensors: dict) -> dict[tuple[str, str], list[str]]:
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name, entry in tensors.items():
+        if entry.get("scheme") in ("int8", "nf4"):
+            groups.setdefault((entry["scheme"], entry["backend"]), []).append(name.rpartition(".")[0])
+    return groups
+
+
+def load_quantized_dit(folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16):
+    """The SpatialEdit DiT of a `lowmem quantize` folder, quantized Linears as QuantizedLinear."""
+    from lowmem.models.dit_loading import load_dit
+
+    device = torch.device(device)
+    root = Path(folder)
+    manifest = read_manifest(root)
+    model_folder = open_model_folder(root)
+    part = manifest["dit"]
+    if not part.get("quantized"):
+        return load_dit(model_folder, dtype=dtype, device=device)
+    model, _ = meta_dit(model_folder, dtype=dtype)
+    for (scheme, backend), modules in _quantized_modules(part["tensors"]).items():
+        swap_linears(model, modules, scheme, backend)
+    _fill_from_files(model, root, part["files"], device, dtype)
+    return _finish(model, device, "DiT")
+
+
+def load_quantized_vlm(folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """Qwen3VLForConditionalGeneration of a `lowmem quantize` folder whose vlm component was quantized."""
+    device = torch.device(device)
+    root = Path(folder)
+    part = read_manifest(root)["vlm"]
+    model = meta_vlm(root / "text_encoder", dtype=dtype)
+    for (scheme, backend), modules in _quantized_modules(part["tensors"]).items():
+        swap_linears(model, modules, scheme, backend)
+    _fill_from_files(model, root, part["files"], device, dtype)
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return _finish(model, device, "Qwen3-VL")
+
+
+def _fill_quantizing(model: nn.Module, source: ComponentSource, component: str, scheme: str, backend: str,
+                     skip: Iterable[str], device, dtype) -> nn.Module:
+    from quantize.convert import quantize_tensors
+
+    check_names(source, model)
+    modules = quantizable_linears(model, component, list(default_skip(component)) + list(skip), scheme, backend)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    swap_linears(model, modules, scheme, backend)
+    for _, stored, _ in quantize_tensors(source.names(), source, set(modules), scheme, backend, expected, measure=False):
+        for key, tensor in stored.items():
+            assign_tensor(model, key, tensor, device, dtype)
+    return model
+
+
+def load_dit_quantizing(folder: ModelFolder, scheme: str, backend: Optional[str] = None, device="cpu",
+                        dtype: torch.dtype = torch.bfloat16, skip: Iterable[str] = ()):
+    """The DiT of an original folder, quantized in memory tensor by tensor while it loads."""
+    backend = check_scheme(scheme, backend)
+    device = torch.device(device)
+    model, _ = meta_dit(folder, dtype=dtype)
+    _fill_quantizing(model, dit_source(folder), "dit", scheme, backend, skip, device, dtype)
+    return _finish(model, device, "DiT")
+
+
+def load_vlm_quantizing(text_encoder: Path, scheme: str, backend: Optional[str] = None, device="cpu",
+                        dtype: torch.dtype = torch.bfloat16, skip: Iterable[str] = ()) -> nn.Module:
+    backend = check_scheme(scheme, backend)
+    device = torch.device(device)
+    model = meta_vlm(text_encoder, dtype=dtype)
+    _fill_quantizing(model, vlm_source(text_encoder), "vlm", scheme, backend, skip, device, dtype)
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return _finish(model, device, "Qwen3-VL")
+
+
+def _conditioner(model: nn.Module, text_encoder: Path):
+    from lowmem.models.conditioner import QwenVLConditioner, _check_folder, _load_processor
+
+    _check_folder(text_encoder)
+    return QwenVLConditioner(model, _load_processor(text_encoder))
+
+
+def load_parts(folder: ModelFolder, device: torch.device, dtype: torch.dtype, quantization: Optional[str] = None):
+    """(DiT, QwenVLConditioner) of a quantized folder, or of an original one quantized in memory."""
+    from lowmem.models.conditioner import QwenVLConditioner
+    from lowmem.models.dit_loading import load_dit
+
+    if (folder.root / "manifest.json").is_file():
+        if quantization is not None:
+            manifest = read_manifest(folder.root)
+            if manifest["scheme"] != quantization:
+                raise CorruptCheckpointError(
+                    f"{folder.root} is already quantized as {manifest['scheme']}; pass the original folder to use {quantization}"
+                )
+        manifest = read_manifest(folder.root)
+        dit = load_quantized_dit(folder.root, device, dtype)
+        if manifest["vlm"].get("quantized"):
+            conditioner = _conditioner(load_quantized_vlm(folder.root, device, dtype), folder.text_encoder)
+        else:
+            conditioner = QwenVLConditioner.from_folder(folder.text_encoder, dtype=dtype, device=device)
+        return dit, conditioner
+    if quantization is None:
+        return (load_dit(folder, dtype=dtype, device=device),
+                QwenVLConditioner.from_folder(folder.text_encoder, dtype=dtype, device=device))
+    dit = load_dit_quantizing(folder, quantization, device=device, dtype=dtype)
+    vlm = load_vlm_quantizing(folder.text_encoder, quantization, device=device, dtype=dtype)
+    return dit, _conditioner(vlm, folder.text_encoder)

@@ -1,0 +1,76 @@
+"""manifest.json of a quantized model folder: what was quantized how, from which files, how well."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from lowmem.errors import ManifestVersionError, ModelFolderError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """The manifest of a quantized folder; ManifestVersionError for a format this code cannot read."""
+    path = Path(folder) / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ModelFolderError(f"{path} is missing: {folder} is not a `lowmem quantize` output folder") from exc
+    except json.JSONDecodeError as exc:
+        raise ModelFolderError(f"{path} is not valid JSON ({exc}); re-run `lowmem quantize`") from exc
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version != FORMAT_VERSION:
+        raise ManifestVersionError(
+            f"{path} has format_version {version!r}, but this lowmem reads version {FORMAT_VERSION}; "
+            f"re-run `lowmem quantize` on the original model with this version"
+        )
+    return data
+
+
+def is_quantized_folder(folder: str | Path) -> bool:
+    return (Path(folder) / MANIFEST).is_file()
+
+
+def error_rows(manifest: dict) -> list[tuple[str, str, float, float]]:
+    """(component, tensor, relative error, SQNR dB) for every quantized tensor."""
+    rows = []
+    for component in ("dit", "vlm"):
+        part = manifest.get(component) or {}
+        for name, entry in (part.get("tensors") or {}).items():
+            if entry.get("scheme") in ("int8", "nf4"):
+                rows.append((component, name, entry["rel_error"], entry["sqnr_db"]))
+    return rows
+
+
+def format_error_table(manifest: dict, limit: int | None = None) -> str:
+    rows = error_rows(manifest)
+    if not rows:
+        return "no tensors were quantized"
+    worst = sorted(rows, key=lambda r: -r[2])
+    shown = worst if limit is None else worst[:limit]
+    width = max(len(r[1]) for r in shown)
+    lines = [f"{'comp':4}  {'tensor':{width}}  {'rel.err':>8}  {'SQNR dB':>7}"]
+    lines += [f"{c:4}  {n:{width}}  {e:8.5f}  {s:7.2f}" for c, n, e, s in shown]
+    rel = [r[2] for r in rows]
+    lines.append(f"{len(rows)} quantized tensors ({manifest['scheme']}/{manifest['backend']}): "
+                 f"mean rel.err {sum(rel) / len(rel):.5f}, worst {max(rel):.5f}"
+                 + ("" if limit is None or len(rows) <= limit else f" (worst {limit} shown)"))
+    return "\n".join(lines)
