@@ -26,6 +26,7 @@ from lowmem.models.layout import open_model_folder
 from lowmem.models.scheduler import make_scheduler
 from lowmem.models.vae import WanVAE
 from lowmem.report import RunReport
+from lowmem.spotedit import SpotConfig, spot_denoise
 
 
 @dataclass
@@ -33,6 +34,7 @@ class EditResult:
     image: Image.Image
     report: RunReport
     input_image: Image.Image  # what the model saw: resized, with the red box when there is one
+    spot_mask: Optional[Image.Image] = None  # SpotEdit's final edited region (white), None without --spot
 
 
 def default_device() -> torch.device:
@@ -69,17 +71,30 @@ class SpatialEditPipeline:
 
     @classmethod
     def from_folder(
-        cls, model: str | Path, device: Optional[str | torch.device] = None, dtype: Optional[torch.dtype] = None
+        cls,
+        model: str | Path,
+        device: Optional[str | torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+        quantization: Optional[str] = None,
     ) -> "SpatialEditPipeline":
-        """Load every component of a SpatialEdit model folder, resident on `device`."""
+        """Load every component of a SpatialEdit model folder, resident on `device`.
+
+        A `lowmem quantize` folder (it has manifest.json) loads its quantized weights; with an
+        original folder, `quantization="int8"|"nf4"` quantizes the DiT and Qwen3-VL decoder while loading.
+        """
         folder = open_model_folder(model)
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
-        dit = load_dit(folder, dtype=dtype, device=device)
+        if quantization is not None or (folder.root / "manifest.json").is_file():
+            from quantize.loader import load_parts
+
+            dit, conditioner = load_parts(folder, device, dtype, quantization)
+        else:
+            dit = load_dit(folder, dtype=dtype, device=device)
+            conditioner = QwenVLConditioner.from_folder(folder.text_encoder, dtype=dtype, device=device)
         vae_config_file = folder.vae_file.parent / "config.json"
         vae_config = json.loads(vae_config_file.read_text()) if vae_config_file.exists() else None
         vae = WanVAE.from_file(folder.vae_file, config=vae_config, dtype=torch.float32, device=device)
-        conditioner = QwenVLConditioner.from_folder(folder.text_encoder, dtype=dtype, device=device)
         return cls(dit, vae, conditioner, device, dtype)
 
     @torch.inference_mode()
@@ -92,6 +107,7 @@ class SpatialEditPipeline:
         seed: int = 0,
         resolution: int = 1024,
         progress: bool = True,
+        spot: Optional[SpotConfig] = None,
     ) -> EditResult:
         """Edit `image` as `instruction` says; the same seed gives the same image."""
         if not isinstance(instruction, EditInstruction):
@@ -110,10 +126,16 @@ class SpatialEditPipeline:
         with report.phase("encode image"):
             condition = self.vae.encode(to_model_tensor(source).to(self.device), generator=generator)
         with report.phase("denoise"):
-            latents = self.denoise(condition, states, mask, steps, guidance, generator, progress)
+            if spot is not None and spot.enabled:
+                latents, outcome = spot_denoise(self.dit, self.vae, condition, states, mask, steps, guidance, generator,
+                                                spot, self.device, self.dtype, progress)
+                report.extra.update(outcome.report_items())
+            else:
+                latents, outcome = self.denoise(condition, states, mask, steps, guidance, generator, progress), None
         with report.phase("decode"):
             decoded = self.vae.decode(latents)
-        return EditResult(image=to_pil(decoded), report=report.finish(), input_image=source)
+        spot_mask = outcome.mask_image(source.size) if outcome is not None else None
+        return EditResult(image=to_pil(decoded), report=report.finish(), input_image=source, spot_mask=spot_mask)
 
     def denoise(
         self,

@@ -38,12 +38,12 @@ class SpotOutcome:
     edited_mask: Optional[torch.Tensor] = None  # (h, w) bool token mask of the final edited region
 
     def report_items(self) -> dict:
+        """RunReport.extra entries: active-token fraction per step (1.0 = full step), K/V cache size."""
         return {
-            "spot active fraction per step": " ".join(f"{f:.2f}" for f in self.active_fraction),
-            "spot full steps": self.full_steps,
-            "spot kv cache": f"{self.cache_bytes / 2**20:.1f} MiB on {self.cache_device or '-'}",
-            "spot_active_fraction": [round(f, 4) for f in self.active_fraction],
+            "spot_active_fraction": [round(f, 3) for f in self.active_fraction],
+            "spot_full_steps": self.full_steps,
             "spot_cache_bytes": self.cache_bytes,
+            "spot_cache_device": self.cache_device or "-",
         }
 
     def mask_image(self, size: tuple[int, int]) -> Optional[Image.Image]:
