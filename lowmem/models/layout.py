@@ -36,6 +36,11 @@ class ModelFolder:
     def dit_config_file(self) -> Path:
         return self.transformer / "config.json"
 
+    @property
+    def is_quantized(self) -> bool:
+        """A `lowmem quantize` output: per-block files described by manifest.json (read by quantize.loader)."""
+        return (self.root / "manifest.json").is_file()
+
     def dit_shards(self) -> dict[str, Path]:
         """tensor name -> shard file, from the index (or the single file's own header)."""
         index = self.transformer / DIT_INDEX

@@ -1,0 +1,35 @@
+"""`lowmem quantize`: convert a model folder to int8 / nf4, streaming one block at a time."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "quantize a SpatialEdit model folder to int8 or nf4 (a new folder usable as --model)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from quantize.plan import DIT_DEFAULT_SKIP, VLM_DEFAULT_SKIP
+    from quantize.schemes import BACKENDS, DEFAULT_BACKEND
+
+    parser.add_argument("model", type=Path, help="original model folder (transformer/, vae/, text_encoder/)")
+    parser.add_argument("--scheme", required=True, help="int8 or nf4")
+    parser.add_argument("--component", choices=("dit", "vlm", "all"), default="all",
+                        help="which model to quantize (default: all = the DiT and the Qwen3-VL text decoder)")
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help=f"quantization backend (default per scheme: {DEFAULT_BACKEND})")
+    parser.add_argument("--skip", nargs="+", default=[], metavar="PATTERN",
+                        help="extra fnmatch patterns of layers kept in bf16; always kept: "
+                             f"DiT {' '.join(DIT_DEFAULT_SKIP)}; Qwen3-VL {' '.join(VLM_DEFAULT_SKIP)}")
+    parser.add_argument("--out", required=True, type=Path, help="new output folder (must not exist or be empty)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from quantize.convert import convert
+
+    components = ("dit", "vlm") if args.component == "all" else (args.component,)
+    manifest = convert(args.model, args.out, args.scheme, backend=args.backend, components=components,
+                       skip=args.skip, progress=not args.no_progress)
+    print(f"wrote {args.out} ({manifest['scheme']}/{manifest['backend']}, components: {', '.join(manifest['components'])})")
+    return 0
