@@ -96,3 +96,19 @@ def test_synthetic_edit_region_is_selected_and_the_rest_is_the_condition(tiny_pi
     # the edited square follows the generated trajectory toward the target
     sq = tokens_to_latent(square).expand_as(latents)
     assert torch.allclose(latents[sq], target[sq], atol=1e-3)
+
+
+def test_cli_spot_flags_reach_the_pipeline(tiny_model, tmp_path, scene):
+    import json
+
+    from lowmem.cli import main
+
+    image = tmp_path / "in.png"
+    scene.save(image)
+    out, report = tmp_path / "out.png", tmp_path / "report.json"
+    code = main(["edit", "--model", str(tiny_model), "--image", str(image), "--out", str(out), "--report", str(report),
+                 "--rotate", "rear", "--steps", "3", "--resolution", "64", "--device", "cpu", "--spot", "--spot-threshold", "-1"])
+    assert code == 0 and out.exists()
+    assert json.loads(report.read_text())["extra"]["spot_active_fraction"] == [1.0, 1.0, 1.0]
+    code = main(["demo", "--model", str(tiny_model), "--out-dir", str(tmp_path / "demo"), "--steps", "2", "--spot"])
+    assert code == 0 and (tmp_path / "demo" / "spot_mask.png").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lowmem.commands.edit_args import add_edit_arguments, instruction_from_args
+from lowmem.commands.edit_args import add_edit_arguments, instruction_from_args, spot_from_args
 from lowmem.images import load_image, save_image_atomic
 from lowmem.pipeline import SpatialEditPipeline
 from lowmem.testing import write_tiny_model
@@ -44,9 +44,12 @@ def run(args: argparse.Namespace) -> int:
         model = args.model or write_tiny_model(Path(scratch) / "tiny-spatialedit")
         print(f"model: {model}")
         pipe = SpatialEditPipeline.from_folder(model)
-        result = pipe.edit(image, instruction, steps=args.steps, guidance=args.guidance, seed=args.seed, resolution=args.resolution)
+        result = pipe.edit(image, instruction, steps=args.steps, guidance=args.guidance, seed=args.seed, resolution=args.resolution,
+                           spot=spot_from_args(args))
     save_image_atomic(result.input_image, args.out_dir / "input.png", overwrite=True)
     save_image_atomic(result.image, args.out_dir / "output.png", overwrite=True)
+    if result.spot_mask is not None:
+        save_image_atomic(result.spot_mask, args.out_dir / "spot_mask.png", overwrite=True)
     (args.out_dir / "report.json").write_text(result.report.to_json())
     print(f"instruction: {instruction.text}")
     print(result.report.format())

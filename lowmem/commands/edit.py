@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lowmem.commands.edit_args import add_edit_arguments, instruction_from_args
+from lowmem.commands.edit_args import add_edit_arguments, instruction_from_args, spot_from_args
 from lowmem.errors import OutputPathError
 from lowmem.images import load_image, save_image_atomic
 from lowmem.pipeline import SpatialEditPipeline
@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
         check_output(args.report, args.overwrite)
     image = load_image(args.image)
     pipe = SpatialEditPipeline.from_folder(args.model, device=args.device)
-    result = pipe.edit(image, instruction, steps=args.steps, guidance=args.guidance, seed=args.seed, resolution=args.resolution)
+    result = pipe.edit(image, instruction, steps=args.steps, guidance=args.guidance, seed=args.seed, resolution=args.resolution,
+                       spot=spot_from_args(args))
     save_image_atomic(result.image, args.out, overwrite=args.overwrite)
     if args.report:
         args.report.write_text(result.report.to_json())

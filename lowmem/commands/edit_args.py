@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import Optional
 
 from lowmem import instructions
 from lowmem.errors import InstructionError
 from lowmem.instructions import EditInstruction
+from lowmem.spotedit import SpotConfig
 
 
 def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +26,14 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     knobs.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance (default: %(default)s)")
     knobs.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     knobs.add_argument("--resolution", type=int, default=1024, help="working resolution, about N x N pixels (default: %(default)s)")
+    spot = parser.add_argument_group("SpotEdit (recompute only the edited tokens)")
+    spot.add_argument("--spot", action=argparse.BooleanOptionalAction, default=False, help="skip non-edited tokens after a few full steps (default: off)")
+    spot.add_argument("--spot-threshold", type=float, default=0.15, metavar="TAU", help="perceptual score under which a token is non-edited (default: %(default)s)")
+
+
+def spot_from_args(args: argparse.Namespace) -> Optional[SpotConfig]:
+    """The SpotEdit settings the flags ask for, or None when --spot is off."""
+    return SpotConfig(threshold=args.spot_threshold) if getattr(args, "spot", False) else None
 
 
 def instruction_from_args(args: argparse.Namespace) -> EditInstruction:
