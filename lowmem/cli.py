@@ -10,10 +10,10 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from lowmem.commands import demo, edit, quantize
+from lowmem.commands import demo, edit, plan, quantize
 from lowmem.errors import LowmemError
 
-COMMANDS = {"edit": edit, "demo": demo, "quantize": quantize}
+COMMANDS = {"edit": edit, "demo": demo, "plan": plan, "quantize": quantize}
 
 
 def build_parser() -> argparse.ArgumentParser:

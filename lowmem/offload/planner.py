@@ -107,6 +107,7 @@ def plan_for(
     max_resident_blocks: Optional[int] = None,
     vae_tile: Optional[int] = None,
     storage: Optional[str] = None,
+    allow_streaming: bool = True,
     vlm_bytes: Optional[int] = None,
     vae_bytes: Optional[int] = None,
     text_tokens: int = TEXT_TOKENS,
@@ -116,6 +117,7 @@ def plan_for(
         preset = load_preset(preset)
     args = _Args.resolve(model_or_config, budget, resolution, quantization, spotedit, preset, device, host_ram,
                          prefetch_depth, slots, max_resident_blocks, vae_tile, storage, vlm_bytes, vae_bytes, text_tokens)
+    args.allow_streaming = allow_streaming
     plan = _solve(args)
     if plan.fits:
         return plan
@@ -197,6 +199,8 @@ def _solve(a: _Args) -> Plan:
     slots = 0
     cache_placement = "device" if a.spotedit else "none"
     k = resident_count(True, 0)
+    if k < n and not a.allow_streaming:
+        k = n  # asked for everything resident: the estimate shows by how much it overflows
     if k < n:  # stream the rest through a ring of slots
         slots = a.slots if a.slots is not None else a.depth + 1
         slots = max(1, min(slots, n))
@@ -269,6 +273,7 @@ def _solve(a: _Args) -> Plan:
                         "dit slots": slot_bytes, "vae weights": vae_weights, "vae decode": decode_act}
     if k < 0 or resident_count(cache_placement == "device", slots) < 0:
         phases["denoise"]["dit slots"] = max(slot_bytes, block)  # cannot hold even one slot
+    phases = {name: {k: v for k, v in items.items() if v} for name, items in phases.items()}
     dit_total = sum(blocks) + other
     dit = DiTPlan(
         precision=precision, placement="resident" if not slots else "streamed", weight_bytes=dit_total,

@@ -1,0 +1,147 @@
+"""Planner, presets, budgets and `lowmem plan` on the full 16B config (built on meta: no memory)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lowmem.cli import main
+from lowmem.models.dit import build_dit
+from lowmem.models.dit_config import FULL_DIT_CONFIG, TINY_DIT_CONFIG
+from lowmem.offload import BudgetError, Plan, PresetError, available_presets, load_preset, parse_bytes, plan_for, spread
+from lowmem.offload.presets import parse_preset
+
+
+@pytest.fixture(scope="module")
+def full_meta():
+    return build_dit(FULL_DIT_CONFIG, device="meta")
+
+
+def test_parse_bytes_units():
+    assert parse_bytes("24GB") == 24 * 10**9
+    assert parse_bytes("24GiB") == 24 * 2**30
+    assert parse_bytes("512MB") == 512 * 10**6
+    assert parse_bytes("1.5 gb") == 1_500_000_000
+    assert parse_bytes(1234) == 1234
+
+
+@pytest.mark.parametrize("bad", ["", "24", "GB", "24XB", "-3GB", "0GB", "twenty GB", "24 G B"])
+def test_bad_budget_strings_raise_one_clear_error(bad):
+    if bad == "24":  # a plain number is bytes: valid
+        assert parse_bytes(bad) == 24
+        return
+    with pytest.raises(BudgetError, match="memory size"):
+        parse_bytes(bad)
+
+
+def test_spread_is_even_and_not_the_first_n():
+    assert spread(20, 40) == list(range(1, 40, 2))
+    assert spread(0, 40) == [] and spread(40, 40) == list(range(40))
+    picked = spread(10, 40)
+    assert len(picked) == 10 and picked[0] > 0 and picked[-1] >= 36
+
+
+def test_bf16_does_not_fit_resident_in_24gb_but_streams(full_meta):
+    plan = plan_for(full_meta, "24GB", 1024, "bf16", False)
+    assert plan.fits and plan.streams
+    assert 0 < len(plan.dit.resident_blocks) < 40
+    assert plan.dit.resident_blocks != list(range(len(plan.dit.resident_blocks)))  # interleaved, not the first N
+    assert plan.vlm.placement == "run-then-evicted"
+    with pytest.raises(BudgetError):  # forcing everything resident in bf16 cannot fit
+        plan_for(full_meta, "24GB", 1024, "bf16", False, allow_streaming=False)
+    all_resident_bytes = plan.dit.weight_bytes
+    assert all_resident_bytes > 24e9
+
+
+def test_quantized_fits_resident_in_24gb_and_bf16_in_80gb(full_meta):
+    for q in ("nf4", "int8"):
+        plan = plan_for(full_meta, "24GB", 1024, q, False)
+        assert plan.fits and not plan.streams, q
+    big = plan_for(full_meta, "80GB", 1024, "bf16", False)
+    assert big.fits and not big.streams and big.vlm.placement == "resident" and not big.vae.tiled
+
+
+def test_parameter_count_and_bytes_per_precision(full_meta):
+    bf16 = plan_for(full_meta, "80GB", 1024, "bf16").dit.weight_bytes
+    nf4 = plan_for(full_meta, "80GB", 1024, "nf4").dit.weight_bytes
+    int8 = plan_for(full_meta, "80GB", 1024, "int8").dit.weight_bytes
+    assert 30e9 < bf16 < 34e9
+    assert 0.49 < int8 / bf16 < 0.53
+    assert 0.26 < nf4 / bf16 < 0.30
+
+
+def test_budget_below_minimum_is_one_error_naming_fixes(full_meta):
+    with pytest.raises(BudgetError) as info:
+        plan_for(full_meta, "4GB", 1024, "bf16")
+    text = str(info.value)
+    assert "4.00 GB" in text and "budget of at least" in text and "nf4" in text
+    with pytest.raises(BudgetError, match="budget of at least"):
+        plan_for(full_meta, "1GB", 1024, "nf4")
+
+
+def test_plan_roundtrips_through_json(full_meta):
+    plan = plan_for(full_meta, "24GB", 1024, "bf16", True)
+    again = Plan.from_json(plan.to_json())
+    assert again == plan
+    assert json.loads(plan.to_json())["dit"]["streamed_blocks"] == plan.dit.streamed_blocks
+    assert "spotedit caches" in plan.estimate.phases["denoise"]
+
+
+def test_estimate_grows_with_resolution_and_tiles_vae_when_short(full_meta):
+    small = plan_for(full_meta, "80GB", 512, "nf4")
+    large = plan_for(full_meta, "80GB", 1024, "nf4")
+    assert small.estimate.phases["denoise"]["dit activations"] < large.estimate.phases["denoise"]["dit activations"]
+    tight = plan_for(full_meta, "24GB", 1024, "bf16")
+    assert tight.vae.tiled and tight.vae.tile < 1024
+
+
+def test_presets_load_and_validate():
+    names = available_presets()
+    for required in ("rtx4090-24gb", "rtx3090-24gb", "a100-80gb", "h100-80gb", "cpu-16gb"):
+        assert required in names
+    for name in names:
+        preset = load_preset(name)
+        plan = plan_for(TINY_DIT_CONFIG, preset=preset)  # every preset plans (the tiny model always fits)
+        assert plan.preset == name
+        full = plan_for(FULL_DIT_CONFIG, preset=name)
+        assert full.fits
+
+
+def test_bad_presets_give_clear_errors(tmp_path):
+    with pytest.raises(PresetError, match="unknown preset"):
+        load_preset("no-such-card")
+    bad = tmp_path / "x.toml"
+    bad.write_text('description = "x"\ndevice = "cuda"\nbudget = "24GB"\nbudgett = 3\n')
+    with pytest.raises(PresetError, match="unknown key.*budgett"):
+        parse_preset(bad)
+    bad.write_text('description = "x"\ndevice = "tpu"\nbudget = "24GB"\n')
+    with pytest.raises(PresetError, match="device"):
+        parse_preset(bad)
+    bad.write_text('description = "x"\ndevice = "cuda"\nbudget = "lots"\n')
+    with pytest.raises(PresetError, match="memory size"):
+        parse_preset(bad)
+    bad.write_text('description = "x"\ndevice = "cuda"\nbudget = "24GB"\nquantization = "fp8"\n')
+    with pytest.raises(PresetError, match="quantization"):
+        parse_preset(bad)
+
+
+def test_cli_plan_prints_tables_for_24_and_80_gb(capsys):
+    assert main(["plan", "--budget", "24GB", "--resolution", "1024", "--quantization", "bf16", "--no-spot"]) == 0
+    out24 = capsys.readouterr().out
+    assert "streamed" in out24 and "fits" in out24 and "resident blocks:" in out24
+    assert main(["plan", "--budget", "80GB", "--resolution", "1024"]) == 0
+    out80 = capsys.readouterr().out
+    assert "40/40 blocks resident" in out80 and "streaming:" not in out80
+    assert main(["plan", "--preset", "rtx4090-24gb", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dit"]["precision"] == "nf4"
+
+
+def test_cli_plan_bad_input_is_one_line(capsys):
+    assert main(["plan", "--budget", "24XB"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot read memory size") and err.count("\n") == 1
+    assert main(["plan", "--budget", "3GB", "--quantization", "bf16"]) == 2
+    assert "budget of at least" in capsys.readouterr().err
+    assert main(["plan", "--preset", "nope"]) == 2
+    assert "available:" in capsys.readouterr().err
