@@ -187,9 +187,13 @@ def _solve(a: _Args) -> Plan:
     # SpotEdit: per block, K and V of the condition tokens plus the fused non-edited target tokens, CFG batch 2.
     cache_per_block = 2 * 2 * 2 * image_tokens * hidden * act_bytes if a.spotedit else 0
 
+    pixels = a.resolution * a.resolution
+    smallest_decode = min(_vae_bytes(pixels), _tile_bytes(a.vae_tile or VAE_TILES[-1]))
+
     def resident_count(cache_on_device: bool, slots: int) -> int:
-        fixed = reserve + other + vae_weights + dit_act
-        fixed += cache_per_block * n if cache_on_device else cache_per_block * slots
+        caches = cache_per_block * n if cache_on_device else cache_per_block * slots
+        # The resident set must fit both while denoising and while decoding (smallest VAE tile).
+        fixed = reserve + other + vae_weights + max(dit_act + caches, smallest_decode)
         room = usable - fixed - slots * block
         k = room // block if block else n
         if a.max_resident is not None:
@@ -242,7 +246,6 @@ def _solve(a: _Args) -> Plan:
     if a.spotedit:
         denoise["spotedit caches"] = caches_device
     base_decode = reserve + other + dit_resident + slot_bytes + vae_weights
-    pixels = a.resolution * a.resolution
     tile = a.vae_tile
     if tile is None and base_decode + _vae_bytes(pixels) > usable:
         tile = next((t for t in VAE_TILES if t < a.resolution and base_decode + _tile_bytes(t) <= usable), VAE_TILES[-1])
