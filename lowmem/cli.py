@@ -10,10 +10,10 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from lowmem.commands import demo, edit, plan, quantize
+from lowmem.commands import demo, doctor, edit, plan, quantize
 from lowmem.errors import LowmemError
 
-COMMANDS = {"edit": edit, "demo": demo, "plan": plan, "quantize": quantize}
+COMMANDS = {"edit": edit, "demo": demo, "plan": plan, "quantize": quantize, "doctor": doctor}
 
 
 def build_parser() -> argparse.ArgumentParser:
