@@ -9,6 +9,7 @@ rescaled to the norm of the conditional one.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -68,6 +69,7 @@ class SpatialEditPipeline:
         self.conditioner = conditioner
         self.device = device
         self.dtype = dtype
+        self.offload = None  # lowmem.offload.OffloadRuntime when loaded with a memory budget
 
     @classmethod
     def from_folder(
@@ -76,6 +78,10 @@ class SpatialEditPipeline:
         device: Optional[str | torch.device] = None,
         dtype: Optional[torch.dtype] = None,
         quantization: Optional[str] = None,
+        memory_budget: Optional[str | int] = None,
+        preset: Optional[str] = None,
+        resolution: int = 1024,
+        spot: bool = False,
     ) -> "SpatialEditPipeline":
         """Load every component of a SpatialEdit model folder, resident on `device`.
 
@@ -85,6 +91,7 @@ class SpatialEditPipeline:
         folder = open_model_folder(model)
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
+        target, device = device, (torch.device("cpu") if memory_budget or preset else device)  # budget: load on host
         if quantization is not None or (folder.root / "manifest.json").is_file():
             from quantize.loader import load_parts
 
@@ -95,7 +102,14 @@ class SpatialEditPipeline:
         vae_config_file = folder.vae_file.parent / "config.json"
         vae_config = json.loads(vae_config_file.read_text()) if vae_config_file.exists() else None
         vae = WanVAE.from_file(folder.vae_file, config=vae_config, dtype=torch.float32, device=device)
-        return cls(dit, vae, conditioner, device, dtype)
+        pipe = cls(dit, vae, conditioner, target, dtype)
+        if memory_budget or preset:
+            from lowmem.offload import OffloadRuntime, plan_for
+
+            plan = plan_for(dit, memory_budget, resolution, None, spot, preset=preset, device=target.type,
+                            vlm_bytes=conditioner.weight_bytes(), vae_bytes=vae.weight_bytes())
+            pipe.offload = OffloadRuntime(plan, dit, vae, conditioner, target)
+        return pipe
 
     @torch.inference_mode()
     def edit(
@@ -120,20 +134,23 @@ class SpatialEditPipeline:
             torch.cuda.reset_peak_memory_stats(self.device)
         generator = torch.Generator("cpu").manual_seed(seed)
 
-        with report.phase("encode prompt"):
+        offload = self.offload
+        with report.phase("encode prompt"), (offload.encoding() if offload else nullcontext()):
             states, mask = self.conditioner.encode([source], instruction.text)
             states, mask = states.to(self.device), mask.to(self.device)
         with report.phase("encode image"):
             condition = self.vae.encode(to_model_tensor(source).to(self.device), generator=generator)
-        with report.phase("denoise"):
+        with report.phase("denoise"), (offload.denoising() if offload else nullcontext()):
             if spot is not None and spot.enabled:
                 latents, outcome = spot_denoise(self.dit, self.vae, condition, states, mask, steps, guidance, generator,
                                                 spot, self.device, self.dtype, progress)
                 report.extra.update(outcome.report_items())
             else:
                 latents, outcome = self.denoise(condition, states, mask, steps, guidance, generator, progress), None
-        with report.phase("decode"):
-            decoded = self.vae.decode(latents)
+        with report.phase("decode"), (offload.decoding() if offload else nullcontext()):
+            decoded = self.vae.decode(latents, **(offload.decode_kwargs() if offload else {}))
+        if offload:
+            report.extra.update(offload.report_items())
         spot_mask = outcome.mask_image(source.size) if outcome is not None else None
         return EditResult(image=to_pil(decoded), report=report.finish(), input_image=source, spot_mask=spot_mask)
 

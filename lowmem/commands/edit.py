@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--report", type=Path, help="also write the run report as JSON here")
     parser.add_argument("--device", help="compute device (default: cuda when available, else cpu)")
+    parser.add_argument("--budget", help="memory budget of the compute device, e.g. 24GB: plan what stays resident and what streams")
+    parser.add_argument("--preset", help="hardware preset from offload_plans/ (e.g. rtx4090-24gb)")
     add_edit_arguments(parser)
 
 
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         check_output(args.report, args.overwrite)
     image = load_image(args.image)
-    pipe = SpatialEditPipeline.from_folder(args.model, device=args.device)
+    pipe = SpatialEditPipeline.from_folder(args.model, device=args.device, memory_budget=args.budget, preset=args.preset,
+                                           resolution=args.resolution)
     result = pipe.edit(image, instruction, steps=args.steps, guidance=args.guidance, seed=args.seed, resolution=args.resolution,
                        spot=spot_from_args(args))
     save_image_atomic(result.image, args.out, overwrite=args.overwrite)

@@ -5,10 +5,11 @@ from lowmem.offload.install import OffloadedDiT, apply_plan
 from lowmem.offload.ledger import MemoryLedger
 from lowmem.offload.plan import Plan
 from lowmem.offload.planner import plan_for, spread
+from lowmem.offload.runtime import OffloadRuntime
 from lowmem.offload.presets import Preset, PresetError, available_presets, load_preset
 from lowmem.offload.streamer import BlockStreamer
 
 __all__ = [
-    "BlockStreamer", "BudgetError", "MemoryLedger", "OffloadedDiT", "Plan", "Preset", "PresetError", "apply_plan",
+    "BlockStreamer", "BudgetError", "MemoryLedger", "OffloadedDiT", "OffloadRuntime", "Plan", "Preset", "PresetError", "apply_plan",
     "available_presets", "format_bytes", "load_preset", "parse_bytes", "plan_for", "spread",
 ]

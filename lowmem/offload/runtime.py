@@ -1,0 +1,95 @@
+"""OffloadRuntime: the pipeline's phases under a Plan (who is on the device when, VAE tiling, report).
+
+    setup:        VAE on the device; the DiT's resident part placed, its streamed blocks packed into
+                  their store; the conditioner on the device only if the plan keeps it resident.
+    encode:       a run-then-evicted conditioner is moved onto the device, run, and moved off again;
+                  when the plan says the DiT and the conditioner do not fit together, the DiT's device
+                  part waits on the host until denoising starts and leaves after decoding.
+    decode:       tiled with the plan's tile size.
+The ledger records every placement; `report_items()` feeds RunReport.extra.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import torch
+
+from lowmem.offload.budget import format_bytes
+from lowmem.offload.install import OffloadedDiT
+from lowmem.offload.ledger import MemoryLedger
+from lowmem.offload.plan import Plan
+
+
+class OffloadRuntime:
+    def __init__(self, plan: Plan, dit, vae, conditioner, device: torch.device):
+        self.plan = plan
+        self.device = torch.device(device)
+        self.conditioner = conditioner
+        self.ledger = MemoryLedger(plan.budget, str(self.device))
+        vae.to(self.device)
+        self.ledger.place("vae weights", vae.weight_bytes())
+        self.dit = OffloadedDiT(dit, plan, self.device, ledger=self.ledger)
+        self.together = plan.vlm.placement == "resident"
+        if self.together:
+            conditioner.to(self.device)
+            self.ledger.place("vlm weights", conditioner.weight_bytes())
+        else:
+            self.dit.release()
+
+    @property
+    def host(self) -> torch.device:
+        return torch.device("cpu")
+
+    @contextmanager
+    def encoding(self) -> Iterator[None]:
+        """The conditioner on the device for the prompt, evicted right after (unless resident)."""
+        if not self.together:
+            self.conditioner.to(self.device)
+            self.ledger.place("vlm weights", self.conditioner.weight_bytes())
+            self.ledger.place("vlm activations (estimate)", self.plan.estimate.phases.get("encode prompt", {}).get("vlm activations", 0))
+        try:
+            yield
+        finally:
+            self.ledger.release("vlm activations (estimate)")
+            if not self.together:
+                if self.device.type != "cpu":
+                    self.conditioner.to(self.host)
+                    torch.cuda.empty_cache() if self.device.type == "cuda" else None
+                self.ledger.release("vlm weights")
+
+    @contextmanager
+    def denoising(self) -> Iterator[None]:
+        if not self.dit.placed:
+            self.dit.place()
+        self.ledger.place("dit activations (estimate)", self.plan.estimate.phases["denoise"].get("dit activations", 0))
+        try:
+            yield
+        finally:
+            self.ledger.release("dit activations (estimate)")
+
+    @contextmanager
+    def decoding(self) -> Iterator[None]:
+        self.ledger.place("vae decode (estimate)", self.plan.estimate.phases["decode"].get("vae decode", 0))
+        try:
+            yield
+        finally:
+            self.ledger.release("vae decode (estimate)")
+            if not self.together:
+                self.dit.release()
+
+    def decode_kwargs(self) -> dict:
+        return {"tiled": True, "tile": self.plan.vae.tile} if self.plan.vae.tiled else {}
+
+    def report_items(self) -> dict:
+        stats = self.dit.stats()
+        items = {
+            "plan": self.plan.summary(),
+            "bytes streamed": format_bytes(stats["bytes_streamed"]),
+            "ledger peak": format_bytes(self.ledger.peak) + f" of budget {format_bytes(self.plan.budget)}",
+        }
+        measured: Optional[int] = self.ledger.measured_peak()
+        if measured is not None:
+            items["cuda max_memory_allocated"] = format_bytes(measured)
+        return items

@@ -1,0 +1,52 @@
+"""The pipeline under a memory budget: same image as resident, plan and ledger in the report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lowmem
+from lowmem.cli import main
+from lowmem.offload import BudgetError
+
+
+def test_budgeted_pipeline_matches_resident(tiny_model, tiny_pipeline, scene):
+    expected = tiny_pipeline.edit(scene, "rotate the object", steps=3, seed=5, resolution=64, progress=False)
+    pipe = lowmem.load(tiny_model, memory_budget="300MB", device="cpu", resolution=64)
+    plan = pipe.offload.plan
+    assert plan.fits and plan.device == "cpu"
+    got = pipe.edit(scene, "rotate the object", steps=3, seed=5, resolution=64, progress=False)
+    assert np.array_equal(np.asarray(got.image), np.asarray(expected.image))
+    extra = got.report.extra
+    assert "plan" in extra and "ledger peak" in extra and "bytes streamed" in extra
+    assert pipe.offload.ledger.peak <= plan.budget
+
+
+def test_budgeted_pipeline_streams_when_forced(tiny_model, tiny_pipeline, scene):
+    from lowmem.offload import OffloadRuntime, plan_for
+    from lowmem.pipeline import SpatialEditPipeline
+
+    expected = tiny_pipeline.edit(scene, "move it", steps=2, seed=1, resolution=64, progress=False)
+    pipe = SpatialEditPipeline.from_folder(tiny_model, device="cpu")
+    plan = plan_for(pipe.dit, "300MB", 64, device="cpu", max_resident_blocks=1, slots=1,
+                    vlm_bytes=pipe.conditioner.weight_bytes(), vae_bytes=pipe.vae.weight_bytes())
+    pipe.offload = OffloadRuntime(plan, pipe.dit, pipe.vae, pipe.conditioner, pipe.device)
+    got = pipe.edit(scene, "move it", steps=2, seed=1, resolution=64, progress=False)
+    assert np.array_equal(np.asarray(got.image), np.asarray(expected.image))
+    assert pipe.offload.dit.stats()["bytes_streamed"] > 0
+    pipe.offload.dit.close()
+
+
+def test_budget_too_small_for_pipeline(tiny_model):
+    with pytest.raises(BudgetError, match="budget of at least"):
+        lowmem.load(tiny_model, memory_budget="1MB", device="cpu", resolution=64)
+
+
+def test_edit_cli_with_budget(tiny_model, tmp_path, scene, capsys):
+    image = tmp_path / "in.png"
+    scene.save(image)
+    out = tmp_path / "out.png"
+    code = main(["edit", "--model", str(tiny_model), "--image", str(image), "--out", str(out), "--device", "cpu",
+                 "--budget", "300MB", "--steps", "2", "--resolution", "64", "--rotate", "back"])
+    assert code == 0 and out.exists()
+    assert "ledger peak" in capsys.readouterr().out
