@@ -74,6 +74,22 @@ def quantize_tensors(
         del tensor
 
 
+def _return_freed_memory() -> None:
+    """Make glibc give freed large buffers back to the OS (mmap them), and trim its heaps.
+
+    Without this, glibc raises its mmap threshold after the first few large frees and keeps the
+    quantization temporaries of every block in fragmented heaps: RSS would creep toward the model size.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: fixed at 1 MiB (also stops its dynamic growth)
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 def _check_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputPathError(f"{out} already exists and is not empty; choose a new --out folder (nothing was changed)")
@@ -116,6 +132,7 @@ def convert(
     _check_out(out)
     partial = out.with_name(out.name + ".partial")
 
+    _return_freed_memory()
     # Inputs first: every shard is opened once, so a truncated file fails before anything is written.
     dit_src = dit_source(folder)
     vlm_src = vlm_source(folder.text_encoder)
@@ -188,6 +205,7 @@ def convert(
             state["units"][rel] = {"sha256": sha256_file(target), "tensors": entries}
             write_json_atomic(state_file, state)
             tensors.update(entries)
+            _return_freed_memory()
         parts[c] = {"quantized": True, "files": files, "tensors": tensors}
 
     # The rest of a self-contained model folder.
