@@ -58,7 +58,10 @@ def test_frame_shift_moves_a_condition_key_to_the_target_frame():
     cos, sin = grid_rope((2, 3, 3), CFG.rope_dim_list, CFG.theta)
     k = torch.randn(1, 9, 2, CFG.head_dim)
     as_condition = apply_rope(k, cos[9:], sin[9:])
-    shifted = apply_rope(as_condition, *frame_shift_rope(CFG.rope_dim_list, CFG.theta, 1, 0, "cpu"))
+    shift = frame_shift_rope(CFG.rope_dim_list, CFG.theta, 1, 0, "cpu")
+    assert shift[0].shape == (1, CFG.rope_dim_list[0])  # only the temporal channels turn
+    shifted = as_condition.clone()
+    shifted[..., : CFG.rope_dim_list[0]] = apply_rope(as_condition[..., : CFG.rope_dim_list[0]], *shift)
     assert torch.allclose(shifted, apply_rope(k, cos[:9], sin[:9]), atol=1e-5)
 
 
@@ -120,10 +123,14 @@ def test_fusion_moves_reused_tokens_toward_the_condition():
     spot = DiTSpotModel(model)
     cache = spot.new_cache()
     spot.full(latents, t, text, mask, cache)
-    before = cache.target[0].clone()
+    before = cache.kv[0].clone()
     spot.partial(latents, t, text, mask, torch.tensor([0]), cache, alpha=0.0)  # alpha 0: take the condition
-    shift = frame_shift_rope(CFG.rope_dim_list, CFG.theta, 1, 0, "cpu")
-    cond = cache.cond[0]
-    assert torch.allclose(cache.target[0][1, :, 1:], cond[1, :, 1:16])
-    assert torch.allclose(cache.target[0][0, :, 1:], apply_rope(cond[0, :, 1:16], *shift), atol=1e-6)
-    assert not torch.allclose(cache.target[0], before)
+    kv = cache.kv[0]
+    target, cond = kv[:, :, :16], kv[:, :, 16:]
+    assert torch.equal(cond, before[:, :, 16:])  # the condition cache is read-only in spot steps
+    assert torch.allclose(target[1, :, 1:], cond[1, :, 1:])
+    # keys: the condition key re-rotated from frame 1 to frame 0 (rows/columns unchanged)
+    cos, sin = grid_rope((2, 4, 4), CFG.rope_dim_list, CFG.theta)
+    unrotated = apply_rope(cond[0, :, 1:], cos[17:], -sin[17:])
+    assert torch.allclose(target[0, :, 1:], apply_rope(unrotated, cos[1:16], sin[1:16]), atol=1e-5)
+    assert not torch.allclose(target, before[:, :, :16])

@@ -48,7 +48,7 @@ class FakeEditModel:
 
     def new_cache(self, device=None):
         cache = SpotKVCache(1, device)
-        cache.target[0] = cache.cond[0] = torch.zeros(1)
+        cache.kv[0] = torch.zeros(1)
         return cache
 
     def _velocity(self, latents, timestep):

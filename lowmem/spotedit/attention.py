@@ -2,8 +2,9 @@
 
 In a spot step the image stream holds only the regenerated (active) target tokens, each with its
 own RoPE row gathered from the full table; the prompt tokens run as usual. At every block the hook
-hands the block's SDPA the keys/values [active ; cached non-edited target ; cached condition], so
-queries are active + prompt tokens and keys are everything the full forward would see.
+writes the active tokens' K/V into the block's cache and hands the block's SDPA the whole cache
+(fresh active + cached non-edited target + cached condition), so queries are active + prompt
+tokens and keys are everything the full forward would see.
 
 SpotFusion: per block and step the cached K/V of non-edited target tokens move toward the
 condition token at the same spatial position, h <- alpha h + (1 - alpha) h_cond with
@@ -35,9 +36,12 @@ def gather_rope(cos: torch.Tensor, sin: torch.Tensor, index: torch.Tensor) -> tu
 
 
 def frame_shift_rope(rope_dim_list, theta: float, from_frame: int, to_frame: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin (1, D) of the rotation that moves a rotated key from frame `from_frame` to `to_frame`."""
+    """cos/sin (1, rope_dim_list[0]) of the rotation that moves a rotated key from frame `from_frame`
+    to `to_frame`. Only the temporal channels (the first rope_dim_list[0]) turn; row and column
+    channels are unchanged (same position), so the rotation is applied to those channels only."""
+    dims = rope_dim_list[0]
     cos, sin = grid_rope((max(from_frame, to_frame) + 1, 1, 1), tuple(rope_dim_list), theta, device)
-    ca, sa, cb, sb = cos[to_frame], sin[to_frame], cos[from_frame], sin[from_frame]
+    ca, sa, cb, sb = cos[to_frame, :dims], sin[to_frame, :dims], cos[from_frame, :dims], sin[from_frame, :dims]
     # angle(to) - angle(from): cos(a-b) = ca cb + sa sb, sin(a-b) = sa cb - ca sb
     return (ca * cb + sa * sb)[None], (sa * cb - ca * sb)[None]
 
@@ -55,7 +59,8 @@ class RecordHook:
 
 
 class SpotHook:
-    """Spot-step hook: active K/V + fused non-edited target K/V + condition K/V."""
+    """Spot-step hook: the block's image K/V become the cache with the active tokens written in and
+    the non-edited target tokens fused toward the condition."""
 
     def __init__(
         self,
@@ -69,20 +74,19 @@ class SpotHook:
         self.active = active  # (La,) long, target positions recomputed in this step
         self.reused = reused  # (Lr,) long, target positions taken from the cache
         self.alpha = alpha  # None: no fusion (cached K/V used as they are)
-        self.shift = shift  # frame-shift rotation condition -> target for keys
+        self.shift = shift  # frame-shift rotation condition -> target for the temporal key channels
 
     def __call__(self, index: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cond, target = self.cache.fetch(index, k.device)
-        target[0].index_copy_(1, self.active, k.to(target.dtype))
-        target[1].index_copy_(1, self.active, v.to(target.dtype))
-        reused_kv = target.index_select(2, self.reused)  # (2, B, Lr, H, D)
+        kv = self.cache.fetch(index, k.device)  # (2, B, L_img, H, D), target tokens first
+        kv[0].index_copy_(1, self.active, k.to(kv.dtype))
+        kv[1].index_copy_(1, self.active, v.to(kv.dtype))
         if self.alpha is not None and self.reused.numel():
-            ref = cond[:, :, : target.shape[2]].index_select(2, self.reused)  # first condition item, same positions
-            ref_k = apply_rope(ref[0], *self.shift) if self.shift is not None else ref[0]
-            ref = torch.stack((ref_k, ref[1]))
-            reused_kv = torch.lerp(ref, reused_kv, self.alpha)  # alpha * cached + (1 - alpha) * condition
-            target.index_copy_(2, self.reused, reused_kv)
-        self.cache.store(index, target)
-        keys = torch.cat((k, reused_kv[0].to(k.dtype), cond[0].to(k.dtype)), dim=1)
-        values = torch.cat((v, reused_kv[1].to(v.dtype), cond[1].to(v.dtype)), dim=1)
-        return keys, values
+            n = self.cache.tokens_per_item
+            ref = kv[:, :, n : 2 * n].index_select(2, self.reused)  # first condition item, same rows/columns
+            if self.shift is not None:
+                dims = self.shift[0].shape[-1]
+                ref[0, ..., :dims] = apply_rope(ref[0, ..., :dims], *self.shift)
+            fused = torch.lerp(ref, kv.index_select(2, self.reused), self.alpha)  # alpha * cached + (1 - alpha) * cond
+            kv.index_copy_(2, self.reused, fused)
+        self.cache.store(index, kv)
+        return kv[0].to(k.dtype), kv[1].to(v.dtype)
