@@ -1,0 +1,26 @@
+"""bench/quant.py --fast runs and reports every scheme/backend against bf16."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_quant_fast(tmp_path):
+    out = tmp_path / "quant.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "quant.py"), "--fast", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "best backend per scheme" in proc.stdout.strip().splitlines()[-1]
+    result = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert set(rows) == {"bf16", "int8/bnb", "int8/quanto", "nf4/bnb", "nf4/quanto"}
+    for scheme in ("int8", "nf4"):
+        for backend in ("bnb", "quanto"):
+            r = rows[f"{scheme}/{backend}"]
+            assert r["dit_bytes"] < rows["bf16"]["dit_bytes"] and r["psnr_db"] > 20
+    assert rows["int8/bnb"]["velocity_rel_err"] < rows["nf4/bnb"]["velocity_rel_err"]
