@@ -79,7 +79,7 @@ def spot_denoise(
     """`SpatialEditPipeline.denoise` with SpotEdit; same noise and full steps as the plain loop."""
     from lowmem.pipeline import guided_velocity  # the pipeline imports this module
 
-    model = DiTSpotModel(dit) if isinstance(dit, SpatialEditDiT) else dit
+    model = dit if hasattr(dit, "partial") and hasattr(dit, "new_cache") else DiTSpotModel(dit)
     scheduler = make_scheduler(steps)
     x = torch.randn(condition.shape, generator=generator, dtype=torch.float32).to(device)
     condition = condition.float()
