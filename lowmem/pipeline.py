@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Union
 
@@ -82,11 +82,15 @@ class SpatialEditPipeline:
         preset: Optional[str] = None,
         resolution: int = 1024,
         spot: bool = False,
+        max_resident_blocks: Optional[int] = None,
     ) -> "SpatialEditPipeline":
         """Load every component of a SpatialEdit model folder, resident on `device`.
 
         A `lowmem quantize` folder (it has manifest.json) loads its quantized weights; with an
         original folder, `quantization="int8"|"nf4"` quantizes the DiT and Qwen3-VL decoder while loading.
+        With `memory_budget` (e.g. "24GB") or a hardware `preset`, the planner decides what stays on the
+        device for edits at `resolution` (with SpotEdit caches when `spot`), keeping at most
+        `max_resident_blocks` DiT blocks resident when given; the rest streams.
         """
         folder = open_model_folder(model)
         device = torch.device(device) if device is not None else default_device()
@@ -107,7 +111,8 @@ class SpatialEditPipeline:
             from lowmem.offload import OffloadRuntime, plan_for
 
             plan = plan_for(dit, memory_budget, resolution, None, spot, preset=preset, device=target.type,
-                            vlm_bytes=conditioner.weight_bytes(), vae_bytes=vae.weight_bytes())
+                            vlm_bytes=conditioner.weight_bytes(), vae_bytes=vae.weight_bytes(),
+                            max_resident_blocks=max_resident_blocks)
             pipe.offload = OffloadRuntime(plan, dit, vae, conditioner, target)
         return pipe
 
@@ -142,6 +147,8 @@ class SpatialEditPipeline:
             condition = self.vae.encode(to_model_tensor(source).to(self.device), generator=generator)
         with report.phase("denoise"), (offload.denoising() if offload else nullcontext()):
             if spot is not None and spot.enabled:
+                if offload and spot.cache_device is None:
+                    spot = replace(spot, cache_device=offload.spot_cache_device())
                 latents, outcome = spot_denoise(self.dit, self.vae, condition, states, mask, steps, guidance, generator,
                                                 spot, self.device, self.dtype, progress)
                 report.extra.update(outcome.report_items())

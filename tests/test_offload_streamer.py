@@ -113,7 +113,7 @@ def test_quantized_blocks_stream_in_quantized_form_bitwise(scheme, tmp_path):
     for kw in (dict(max_resident_blocks=3), dict(max_resident_blocks=0, slots=1, prefetch_depth=0)):
         dit = copy.deepcopy(reference)
         plan = plan_for(dit, "256MB", 128, device="cpu", storage="disk", **kw)
-        assert plan.dit.precision == "quantized"
+        assert plan.dit.precision == scheme
         offloaded = apply_plan(dit, plan, "cpu", disk_dir=tmp_path / str(len(plan.dit.resident_blocks)))
         bf16_block = sum(p.numel() for p in random_dit(torch.bfloat16).double_blocks[0].parameters()) * 2
         assert offloaded.streamer.slot_bytes < bf16_block  # the quantized bytes travel, not bf16

@@ -11,6 +11,16 @@ from lowmem.instructions import EditInstruction
 from lowmem.spotedit import SpotConfig
 
 
+def spot_threshold(text: str) -> float | str:
+    """argparse type of --spot-threshold: a number or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
 def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("the edit (one of)")
     what.add_argument("--instruction", help="free instruction text")
@@ -28,12 +38,18 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     knobs.add_argument("--resolution", type=int, default=1024, help="working resolution, about N x N pixels (default: %(default)s)")
     spot = parser.add_argument_group("SpotEdit (recompute only the edited tokens)")
     spot.add_argument("--spot", action=argparse.BooleanOptionalAction, default=False, help="skip non-edited tokens after a few full steps (default: off)")
-    spot.add_argument("--spot-threshold", type=float, default=0.15, metavar="TAU", help="perceptual score under which a token is non-edited (default: %(default)s)")
+    spot.add_argument("--spot-threshold", type=spot_threshold, default=0.15, metavar="TAU",
+                      help="perceptual score under which a token is non-edited, or 'auto' to split each step's "
+                           "scores in two clusters (default: %(default)s)")
+    spot.add_argument("--spot-dilation", type=int, default=1, metavar="R",
+                      help="grow the edited region by R tokens on every side (default: %(default)s)")
 
 
 def spot_from_args(args: argparse.Namespace) -> Optional[SpotConfig]:
     """The SpotEdit settings the flags ask for, or None when --spot is off."""
-    return SpotConfig(threshold=args.spot_threshold) if getattr(args, "spot", False) else None
+    if not getattr(args, "spot", False):
+        return None
+    return SpotConfig(threshold=args.spot_threshold, dilation=args.spot_dilation)
 
 
 def instruction_from_args(args: argparse.Namespace) -> EditInstruction:

@@ -302,7 +302,9 @@ def _stored_precision(model: ModelOrConfig) -> str:
     if isinstance(model, DiTConfig):
         return "bf16"
     if _is_quantized(model.double_blocks):
-        return "quantized"
+        # Quantized modules name their scheme (quantize.QuantizedLinear.scheme); the planner only reads it.
+        schemes = {m.scheme for m in model.double_blocks.modules() if isinstance(getattr(m, "scheme", None), str)}
+        return "+".join(sorted(schemes)) or "quantized"
     dtype = next(model.parameters()).dtype
     return {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}.get(dtype, str(dtype))
 

@@ -79,6 +79,10 @@ class OffloadRuntime:
             if not self.together:
                 self.dit.release()
 
+    def spot_cache_device(self) -> torch.device:
+        """Where SpotEdit's K/V caches live: the compute device when the plan found room, else the host."""
+        return self.host if self.plan.spotedit.cache_placement == "host" else self.device
+
     def decode_kwargs(self) -> dict:
         return {"tiled": True, "tile": self.plan.vae.tile} if self.plan.vae.tiled else {}
 

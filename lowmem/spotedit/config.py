@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 # The official defaults are written for a 50-step schedule; `schedule()` scales them.
 REFERENCE_STEPS = 50
@@ -14,7 +14,8 @@ class SpotConfig:
     """SpotEdit settings for one edit.
 
     threshold: tokens whose perceptual score against the condition is under it are non-edited
-        (a negative value marks every token edited: the run equals the full path).
+        (a negative value marks every token edited: the run equals the full path); "auto" splits
+        each step's scores in two clusters instead of using a fixed value.
     initial_steps / reset_steps: full steps (all tokens recomputed, K/V caches refreshed), given
         for a `reference_steps`-step schedule and scaled to the actual step count; set
         `reference_steps=None` to take them literally.
@@ -24,7 +25,7 @@ class SpotConfig:
     """
 
     enabled: bool = True
-    threshold: float = 0.15
+    threshold: Union[float, str] = 0.15
     initial_steps: int = 4
     reset_steps: tuple[int, ...] = (13, 22, 31)
     dilation: int = 1
@@ -32,6 +33,8 @@ class SpotConfig:
     cache_device: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.threshold, str) and self.threshold != "auto":
+            raise ValueError(f"threshold is a number or 'auto', got {self.threshold!r}")
         if self.initial_steps < 1:
             raise ValueError(f"initial_steps must be at least 1 (the caches come from a full step), got {self.initial_steps}")
         if self.dilation < 0:

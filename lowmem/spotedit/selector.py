@@ -6,11 +6,15 @@ up_blocks[0]), LPIPS-style: per stage, unit-normalise over channels, square the 
 over channels, resize to the latent grid; average the stages; 2x2 average-pool to one score per DiT
 token (patch 2x2). Tokens scoring under the threshold are non-edited; the edited set is dilated by
 a (2r+1)^2 max-pool. The condition's features are computed once.
+
+The threshold is fixed (the paper's tau, 0.15 by default) or "auto": a 1-D 2-means split of the
+step's token scores (the official code's later, adaptive variant), for models or images whose
+score scale differs from the one tau was tuned on.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +22,25 @@ import torch.nn.functional as F
 from lowmem.models.vae import WanVAE
 
 MIN_THRESHOLD = 1e-4
+AUTO = "auto"
+Threshold = Union[float, str]
+
+
+def two_means_threshold(scores: torch.Tensor, iterations: int = 32) -> float:
+    """Midpoint between the two cluster means of a 1-D 2-means split of `scores` (Lloyd's iterations
+    from the min and the max; the scores are few, one per token)."""
+    values = scores.flatten().float()
+    low, high = values.min(), values.max()
+    for _ in range(iterations):
+        cut = (low + high) / 2
+        upper = values >= cut
+        if bool(upper.all()):
+            break
+        new_low, new_high = values[~upper].mean(), values[upper].mean()
+        if bool(new_low == low) and bool(new_high == high):
+            break
+        low, high = new_low, new_high
+    return float((low + high) / 2)
 
 
 def _unit(features: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
@@ -41,7 +64,7 @@ def tokens_to_latent(mask: torch.Tensor, patch: tuple[int, int] = (2, 2)) -> tor
 
 
 class SpotSelector:
-    def __init__(self, vae: WanVAE, condition: torch.Tensor, threshold: float, dilation: int = 1, patch: tuple[int, int] = (2, 2)):
+    def __init__(self, vae: WanVAE, condition: torch.Tensor, threshold: Threshold, dilation: int = 1, patch: tuple[int, int] = (2, 2)):
         """condition: normalised condition latent (1, C, 1, H, W)."""
         self.vae = vae
         self.threshold = threshold
@@ -68,7 +91,7 @@ class SpotSelector:
         """Edited (active) token mask (h, w), dilated; None when no threshold >= 1e-4 finds any edited
         token (full-reuse guard: then the caller runs the step in full)."""
         scores = self.scores(x0_hat)
-        tau = self.threshold
+        tau = two_means_threshold(scores) if self.threshold == AUTO else self.threshold
         edited = scores >= tau
         while not bool(edited.any()):
             tau /= 2
