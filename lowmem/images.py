@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from lowmem.errors import InputImageError, OutputPathError
+from lowmem.errors import InputImageError
+from lowmem.paths import check_output_path
 
 # VAE downsamples 8x and the DiT patches 2x2 latents: image sides must be multiples of 16.
 SIDE_MULTIPLE = 16
@@ -59,10 +60,7 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 def save_image_atomic(image: Image.Image, path: str | Path, overwrite: bool = False) -> Path:
     """Save to a temporary name in the same folder, then rename: a crash never leaves half a file."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise OutputPathError(f"output folder {path.parent} does not exist; create it first")
-    if path.exists() and not overwrite:
-        raise OutputPathError(f"{path} already exists; pass --overwrite to replace it")
+    check_output_path(path, overwrite)
     suffix = path.suffix or ".png"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
     os.close(fd)

@@ -96,6 +96,9 @@ class SpatialEditPipeline:
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
         target, device = device, (torch.device("cpu") if memory_budget or preset else device)  # budget: load on host
+        if memory_budget or preset:
+            from lowmem.offload.preflight import preflight_plan
+            preflight_plan(folder, memory_budget, resolution, dtype, quantization, spot, preset, target)
         if quantization is not None or (folder.root / "manifest.json").is_file():
             from quantize.loader import load_parts
 

@@ -17,6 +17,7 @@ from lowmem.commands.edit_args import add_edit_arguments, instruction_from_args,
 from lowmem.images import load_image, save_image_atomic
 from lowmem.models.dit_loading import read_dit_config
 from lowmem.models.layout import open_model_folder
+from lowmem.paths import write_text_atomic
 from lowmem.pipeline import SpatialEditPipeline
 from lowmem.testing import write_tiny_model
 
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     }
     for name, picture in outputs.items():
         save_image_atomic(picture, args.out_dir / name, overwrite=True)
-    (args.out_dir / "report.json").write_text(result.report.to_json())
+    write_text_atomic(args.out_dir / "report.json", result.report.to_json())
     print(f"\n== report\n{result.report.format()}")
     print(f"\nsaved {', '.join(outputs)} and report.json in {args.out_dir}/ (input | output | regenerated region)")
     return 0

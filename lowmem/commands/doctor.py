@@ -10,6 +10,7 @@ from lowmem.errors import LowmemError
 from lowmem.machine import MachineInfo, inspect_machine
 from lowmem.models.dit_config import FULL_DIT_CONFIG
 from lowmem.offload import format_bytes, plan_for
+from lowmem.paths import check_output_path, write_text_atomic
 
 HELP = "show this machine (GPU, memory, disk, libraries) and which plan for SpatialEdit-16B fits here"
 PRECISIONS = ("bf16", "int8", "nf4")
@@ -47,6 +48,8 @@ def recommendation(rows: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.json:
+        check_output_path(args.json, overwrite=True)
     machine = inspect_machine()
     if machine.has_gpu:
         print(f"GPU        {machine.gpu_name}: {format_bytes(machine.gpu_total_bytes)} total, {format_bytes(machine.gpu_free_bytes)} free")
@@ -62,5 +65,5 @@ def run(args: argparse.Namespace) -> int:
     advice = recommendation(rows)
     print(f"\nrecommendation: {advice}")
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine.to_dict(), "plans": rows, "recommendation": advice}, indent=2))
+        write_text_atomic(args.json, json.dumps({"machine": machine.to_dict(), "plans": rows, "recommendation": advice}, indent=2))
     return 0

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from lowmem.commands.edit_args import add_edit_arguments, instruction_from_args, spot_from_args
-from lowmem.errors import OutputPathError
 from lowmem.images import load_image, save_image_atomic
+from lowmem.paths import check_output_path, write_text_atomic
 from lowmem.pipeline import SpatialEditPipeline
 
 HELP = "edit an image with a SpatialEdit model folder (original or quantized)"
@@ -22,30 +22,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="compute device (default: cuda when available, else cpu)")
     parser.add_argument("--budget", help="memory budget of the compute device, e.g. 24GB: plan what stays resident and what streams")
     parser.add_argument("--preset", help="hardware preset from offload_plans/ (e.g. rtx4090-24gb)")
+    parser.add_argument("--quantization", choices=("int8", "nf4"),
+                        help="quantize an original model folder while loading (a `lowmem quantize` folder needs no flag)")
     add_edit_arguments(parser)
-
-
-def check_output(path: Path, overwrite: bool) -> None:
-    """Fail before any heavy work when the output cannot be written."""
-    if not path.parent.is_dir():
-        raise OutputPathError(f"output folder {path.parent} does not exist; create it first")
-    if path.exists() and not overwrite:
-        raise OutputPathError(f"{path} already exists; pass --overwrite to replace it")
 
 
 def run(args: argparse.Namespace) -> int:
     instruction = instruction_from_args(args)
-    check_output(args.out, args.overwrite)
+    check_output_path(args.out, args.overwrite)  # fail before any heavy work
     if args.report:
-        check_output(args.report, args.overwrite)
+        check_output_path(args.report, args.overwrite)
     image = load_image(args.image)
     pipe = SpatialEditPipeline.from_folder(args.model, device=args.device, memory_budget=args.budget, preset=args.preset,
-                                           resolution=args.resolution)
+                                           resolution=args.resolution, quantization=args.quantization, spot=bool(args.spot))
     result = pipe.edit(image, instruction, steps=args.steps, guidance=args.guidance, seed=args.seed, resolution=args.resolution,
                        spot=spot_from_args(args))
     save_image_atomic(result.image, args.out, overwrite=args.overwrite)
     if args.report:
-        args.report.write_text(result.report.to_json())
+        write_text_atomic(args.report, result.report.to_json())
     print(result.report.format())
     print(f"saved {args.out}")
     return 0
