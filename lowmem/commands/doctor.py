@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("GPU        none found: the CPU is the compute device and disk the storage tier (slow, but the same code path)")
     print(f"host RAM   {format_bytes(machine.host_ram_bytes)} total, {format_bytes(machine.host_available_bytes)} available")
-    print(f"disk free  {format_bytes(machine.disk_free_bytes)} (a quantized nf4 model needs about 14 GB, int8 about 26 GB)")
+    print(f"disk free  {format_bytes(machine.disk_free_bytes)} (a quantized model folder needs about 17 GB in nf4, 27 GB in int8)")
     print("libraries  " + ", ".join(f"{k} {v}" for k, v in machine.versions.items()))
     rows = fitting_plans(machine, args.resolution)
     print(f"\nSpatialEdit-16B at {args.resolution}x{args.resolution} on this machine:")
