@@ -29,7 +29,7 @@ from lowmem.models.layout import open_model_folder
 from lowmem.pipeline import SpatialEditPipeline
 from lowmem.testing import write_tiny_model
 from quantize import convert, load_quantized_dit, read_manifest
-from quantize.schemes import BACKENDS, SCHEMES
+from quantize.schemes import BACKENDS, DEFAULT_BACKEND, SCHEMES
 
 MEDIUM = DiTConfig(hidden_size=512, heads_num=4, mm_double_blocks_depth=4, text_states_dim=64, rope_dim_list=(16, 56, 56))
 PROMPT = "Rotate the object to show the front side view."
@@ -127,8 +127,10 @@ def table(result: dict) -> str:
         lines.append(f"{r['variant']:12} {r['velocity_rel_err']:8.5f} {r['weight_rel_err']:7.4f} {r['psnr_db']:8.1f} "
                      f"{r['dit_bytes'] / 1e6:7.2f} {r['dit_bytes'] / base['dit_bytes']:6.3f} {r['load_s']:7.3f} "
                      f"{r['step_s'] * 1e3:8.1f} {r['step_s'] / base['step_s']:6.2f}")
-    lines.append("best backend per scheme (accuracy, then speed): "
+    lines.append("best backend per scheme on this random-weight model (accuracy, then speed): "
                  + ", ".join(f"{k}: {v}" for k, v in result["best_backend"].items()))
+    lines.append("defaults (quantize/schemes.py, which also weighs Gaussian/heavy-tailed weights and CUDA kernels): "
+                 + ", ".join(f"{k}: {v}" for k, v in DEFAULT_BACKEND.items()))
     return "\n".join(lines)
 
 
