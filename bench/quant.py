@@ -127,10 +127,10 @@ def table(result: dict) -> str:
         lines.append(f"{r['variant']:12} {r['velocity_rel_err']:8.5f} {r['weight_rel_err']:7.4f} {r['psnr_db']:8.1f} "
                      f"{r['dit_bytes'] / 1e6:7.2f} {r['dit_bytes'] / base['dit_bytes']:6.3f} {r['load_s']:7.3f} "
                      f"{r['step_s'] * 1e3:8.1f} {r['step_s'] / base['step_s']:6.2f}")
-    lines.append("best backend per scheme on this random-weight model (accuracy, then speed): "
-                 + ", ".join(f"{k}: {v}" for k, v in result["best_backend"].items()))
     lines.append("defaults (quantize/schemes.py, which also weighs Gaussian/heavy-tailed weights and CUDA kernels): "
                  + ", ".join(f"{k}: {v}" for k, v in DEFAULT_BACKEND.items()))
+    lines.append("best backend per scheme on this random-weight model (accuracy, then speed): "
+                 + ", ".join(f"{k}: {v}" for k, v in result["best_backend"].items()))
     return "\n".join(lines)
 
 
