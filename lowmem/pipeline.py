@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from lowmem.guidance import guided_velocity
 from lowmem.images import load_image, resize_to_bucket, to_model_tensor, to_pil
 from lowmem.instructions import EditInstruction
 from lowmem.models.conditioner import QwenVLConditioner
@@ -45,14 +46,6 @@ def default_device() -> torch.device:
 def default_dtype(device: torch.device) -> torch.dtype:
     # bf16 is the released precision; CPUs without bf16 matmul units run float32 much faster.
     return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def guided_velocity(v_uncond: torch.Tensor, v_cond: torch.Tensor, guidance: float) -> torch.Tensor:
-    """CFG, then rescaled per position to the conditional velocity's norm over channels."""
-    guided = v_uncond + guidance * (v_cond - v_uncond)
-    cond_norm = v_cond.float().norm(dim=1, keepdim=True)
-    guided_norm = guided.float().norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return (guided.float() * (cond_norm / guided_norm)).to(v_cond.dtype)
 
 
 class SpatialEditPipeline:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from lowmem import instructions
-from lowmem.pipeline import guided_velocity
+from lowmem.guidance import guided_velocity
 
 PROMPT = "Rotate the object to show the front left side view."
 

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from lowmem.guidance import guided_velocity
 from lowmem.models.dit import SpatialEditDiT
 from lowmem.models.scheduler import make_scheduler
 from lowmem.models.vae import WanVAE
@@ -77,7 +78,6 @@ def spot_denoise(
     progress: bool = True,
 ) -> tuple[torch.Tensor, SpotOutcome]:
     """`SpatialEditPipeline.denoise` with SpotEdit; same noise and full steps as the plain loop."""
-    from lowmem.pipeline import guided_velocity  # the pipeline imports this module
 
     model = dit if hasattr(dit, "partial") and hasattr(dit, "new_cache") else DiTSpotModel(dit)
     scheduler = make_scheduler(steps)
