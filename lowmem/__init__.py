@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
+
+# bitsandbytes warns at import on CPUs with AVX512-BF16 that its optional hub-fetched 4-bit GEMV
+# kernel is missing; lowmem dequantizes and runs a plain GEMM, so that kernel is never used.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def load(model, memory_budget: Optional[str | int] = None, quantization: Optional[str] = None, **kwargs):
