@@ -136,12 +136,12 @@ class SpatialEditPipeline:
         generator = torch.Generator("cpu").manual_seed(seed)
 
         offload = self.offload
-        with report.phase("encode prompt"), (offload.encoding() if offload else nullcontext()):
+        with report.phase("encode prompt", announce=progress), (offload.encoding() if offload else nullcontext()):
             states, mask = self.conditioner.encode([source], instruction.text)
             states, mask = states.to(self.device), mask.to(self.device)
-        with report.phase("encode image"):
+        with report.phase("encode image", announce=progress):
             condition = self.vae.encode(to_model_tensor(source).to(self.device), generator=generator)
-        with report.phase("denoise"), (offload.denoising() if offload else nullcontext()):
+        with report.phase("denoise", announce=progress), (offload.denoising() if offload else nullcontext()):
             if spot is not None and spot.enabled:
                 if offload and spot.cache_device is None:
                     spot = replace(spot, cache_device=offload.spot_cache_device())
@@ -150,7 +150,7 @@ class SpatialEditPipeline:
                 report.extra.update(outcome.report_items())
             else:
                 latents, outcome = self.denoise(condition, states, mask, steps, guidance, generator, progress), None
-        with report.phase("decode"), (offload.decoding() if offload else nullcontext()):
+        with report.phase("decode", announce=progress), (offload.decoding() if offload else nullcontext()):
             decoded = self.vae.decode(latents, **(offload.decode_kwargs() if offload else {}))
         if offload:
             report.extra.update(offload.report_items())

@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     pipe = SpatialEditPipeline.from_folder(args.model, device=args.device, memory_budget=args.budget, preset=args.preset,
                                            resolution=args.resolution, quantization=args.quantization, spot=bool(args.spot))
+    if pipe.offload is not None:
+        print(f"plan: {pipe.offload.plan.summary()}")
     result = pipe.edit(image, instruction, steps=args.steps, guidance=args.guidance, seed=args.seed, resolution=args.resolution,
                        spot=spot_from_args(args))
     save_image_atomic(result.image, args.out, overwrite=args.overwrite)
