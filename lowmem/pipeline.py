@@ -88,11 +88,18 @@ class SpatialEditPipeline:
         folder = open_model_folder(model)
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
-        target, device = device, (torch.device("cpu") if memory_budget or preset else device)  # budget: load on host
-        if memory_budget or preset:
-            from lowmem.offload.preflight import preflight_plan
-            preflight_plan(folder, memory_budget, resolution, dtype, quantization, spot, preset, target)
-        if quantization is not None or (folder.root / "manifest.json").is_file():
+        planned = bool(memory_budget or preset)
+        target, device = device, (torch.device("cpu") if planned else device)  # budget: load on host
+        if planned:
+            from lowmem.offload import load_preset
+            from lowmem.offload.preflight import folder_precision, preflight_plan
+
+            if preset is not None and quantization is None and not folder.is_quantized:
+                # A preset planned for int8/nf4 weights gets them: quantized while loading.
+                quantization = {"int8": "int8", "nf4": "nf4"}.get(load_preset(preset).quantization)
+            precision = folder_precision(folder, dtype, quantization)  # what the weights will really be
+            preflight_plan(folder, memory_budget, resolution, precision, spot, preset, target)
+        if quantization is not None or folder.is_quantized:
             from quantize.loader import load_parts
 
             dit, conditioner = load_parts(folder, device, dtype, quantization)
@@ -106,7 +113,7 @@ class SpatialEditPipeline:
         if memory_budget or preset:
             from lowmem.offload import OffloadRuntime, plan_for
 
-            plan = plan_for(dit, memory_budget, resolution, None, spot, preset=preset, device=target.type,
+            plan = plan_for(dit, memory_budget, resolution, precision, spot, preset=preset, device=target.type,
                             vlm_bytes=conditioner.weight_bytes(), vae_bytes=vae.weight_bytes(),
                             max_resident_blocks=max_resident_blocks)
             pipe.offload = OffloadRuntime(plan, dit, vae, conditioner, target)

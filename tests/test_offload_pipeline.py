@@ -50,3 +50,16 @@ def test_edit_cli_with_budget(tiny_model, tmp_path, scene, capsys):
                  "--budget", "300MB", "--steps", "2", "--resolution", "64", "--rotate", "back"])
     assert code == 0 and out.exists()
     assert "ledger peak" in capsys.readouterr().out
+
+
+def test_a_quantized_preset_quantizes_an_original_folder_and_plans_what_is_loaded(tiny_model):
+    from quantize import QuantizedLinear
+
+    pipe = lowmem.load(tiny_model, preset="rtx4090-24gb", device="cpu", resolution=64)
+    assert any(isinstance(m, QuantizedLinear) for m in pipe.dit.double_blocks.modules())
+    assert pipe.offload.plan.dit.precision == "nf4"
+    bf16 = lowmem.load(tiny_model, preset="a100-80gb", device="cpu", resolution=64)
+    assert not any(isinstance(m, QuantizedLinear) for m in bf16.dit.modules())
+    # the plan counts the weights as they were loaded (float32 on the CPU), not as the preset's bf16
+    assert bf16.offload.plan.dit.precision == "fp32"
+    assert bf16.offload.plan.dit.weight_bytes == sum(p.numel() * 4 for p in bf16.dit.parameters())

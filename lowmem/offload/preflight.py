@@ -32,13 +32,13 @@ def preflight_plan(
     folder: ModelFolder,
     budget,
     resolution: int,
-    dtype: torch.dtype,
-    quantization: Optional[str],
+    precision: str,
     spot: bool,
     preset: Optional[str],
     device: torch.device,
 ) -> Plan:
-    """The plan estimated from file sizes alone; raises BudgetError exactly as the real planner would."""
+    """The plan estimated from file sizes alone for a DiT in `precision` (see `folder_precision`);
+    raises BudgetError exactly as the real planner would."""
     vlm_bytes = sum(f.stat().st_size for f in folder.text_encoder.glob("*.safetensors"))
-    return plan_for(read_dit_config(folder), budget, resolution, folder_precision(folder, dtype, quantization), spot,
+    return plan_for(read_dit_config(folder), budget, resolution, precision, spot,
                     preset=preset, device=device.type, vlm_bytes=vlm_bytes, vae_bytes=folder.vae_file.stat().st_size)
