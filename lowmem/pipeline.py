@@ -132,6 +132,11 @@ class SpatialEditPipeline:
         spot: Optional[SpotConfig] = None,
     ) -> EditResult:
         """Edit `image` as `instruction` says; the same seed gives the same image."""
+        if self.offload is not None and resolution > self.offload.plan.resolution:
+            from lowmem.offload import BudgetError
+
+            raise BudgetError(f"this pipeline was planned for {self.offload.plan.resolution}px edits; load it with "
+                              f"resolution={resolution} (or --resolution {resolution}) to edit at {resolution}px")
         if not isinstance(instruction, EditInstruction):
             instruction = EditInstruction(str(instruction))
         source = load_image(image) if isinstance(image, (str, Path)) else image.convert("RGB")

@@ -63,3 +63,9 @@ def test_a_quantized_preset_quantizes_an_original_folder_and_plans_what_is_loade
     # the plan counts the weights as they were loaded (float32 on the CPU), not as the preset's bf16
     assert bf16.offload.plan.dit.precision == "fp32"
     assert bf16.offload.plan.dit.weight_bytes == sum(p.numel() * 4 for p in bf16.dit.parameters())
+
+
+def test_editing_above_the_planned_resolution_is_refused(tiny_model, scene):
+    pipe = lowmem.load(tiny_model, memory_budget="300MB", device="cpu", resolution=64)
+    with pytest.raises(BudgetError, match="planned for 64px"):
+        pipe.edit(scene, "rotate the object", steps=1, resolution=128, progress=False)
