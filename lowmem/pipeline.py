@@ -8,7 +8,6 @@ rescaled to the norm of the conditional one.
 
 from __future__ import annotations
 
-import json
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,10 +22,9 @@ from lowmem.images import load_image, resize_to_bucket, to_model_tensor, to_pil
 from lowmem.instructions import EditInstruction
 from lowmem.models.conditioner import QwenVLConditioner
 from lowmem.models.dit import SpatialEditDiT
-from lowmem.models.dit_loading import load_dit
 from lowmem.models.layout import open_model_folder
 from lowmem.models.scheduler import make_scheduler
-from lowmem.models.vae import WanVAE
+from lowmem.models.vae import WanVAE, load_folder_vae
 from lowmem.report import RunReport
 from lowmem.spotedit import SpotConfig, spot_denoise
 
@@ -88,36 +86,18 @@ class SpatialEditPipeline:
         folder = open_model_folder(model)
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
-        planned = bool(memory_budget or preset)
-        target, device = device, (torch.device("cpu") if planned else device)  # budget: load on host
-        if planned:
-            from lowmem.offload import load_preset
-            from lowmem.offload.preflight import folder_precision, preflight_plan
-
-            if preset is not None and quantization is None and not folder.is_quantized:
-                # A preset planned for int8/nf4 weights gets them: quantized while loading.
-                quantization = {"int8": "int8", "nf4": "nf4"}.get(load_preset(preset).quantization)
-            precision = folder_precision(folder, dtype, quantization)  # what the weights will really be
-            preflight_plan(folder, memory_budget, resolution, precision, spot, preset, target)
-        if quantization is not None or folder.is_quantized:
-            from quantize.loader import load_parts
-
-            dit, conditioner = load_parts(folder, device, dtype, quantization)
-        else:
-            dit = load_dit(folder, dtype=dtype, device=device)
-            conditioner = QwenVLConditioner.from_folder(folder.text_encoder, dtype=dtype, device=device)
-        vae_config_file = folder.vae_file.parent / "config.json"
-        vae_config = json.loads(vae_config_file.read_text()) if vae_config_file.exists() else None
-        vae = WanVAE.from_file(folder.vae_file, config=vae_config, dtype=torch.float32, device=device)
-        pipe = cls(dit, vae, conditioner, target, dtype)
         if memory_budget or preset:
-            from lowmem.offload import OffloadRuntime, plan_for
+            from lowmem.offload.planned_load import load_under_plan
 
-            plan = plan_for(dit, memory_budget, resolution, precision, spot, preset=preset, device=target.type,
-                            vlm_bytes=conditioner.weight_bytes(), vae_bytes=vae.weight_bytes(),
-                            max_resident_blocks=max_resident_blocks)
-            pipe.offload = OffloadRuntime(plan, dit, vae, conditioner, target)
-        return pipe
+            dit, vae, conditioner, runtime = load_under_plan(folder, device, dtype, quantization, memory_budget, preset,
+                                                             resolution, spot, max_resident_blocks)
+            pipe = cls(dit, vae, conditioner, device, dtype)
+            pipe.offload = runtime
+            return pipe
+        from quantize.loader import load_parts
+
+        dit, conditioner = load_parts(folder, device, dtype, quantization)
+        return cls(dit, load_folder_vae(folder, device), conditioner, device, dtype)
 
     @torch.inference_mode()
     def edit(

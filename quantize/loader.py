@@ -9,12 +9,13 @@ original folder quantized in memory while loading, one tensor at a time (`quanti
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
 
 from lowmem.errors import CorruptCheckpointError
+from lowmem.models.dit_loading import DiTCheckpoint, Selection, check_filled, everything
 from lowmem.models.layout import ModelFolder, open_model_folder
 from quantize.linear import QuantizedLinear
 from quantize.manifest import read_manifest
@@ -55,11 +56,13 @@ def _finish(model: nn.Module, device: torch.device, what: str) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def _fill_from_files(model: nn.Module, root: Path, files: Iterable[str], device, dtype) -> None:
+def _fill_from_files(model: nn.Module, root: Path, files: Iterable[str], device, dtype, select: Selection = everything) -> None:
     for rel in files:
         path = root / rel
         with open_shard(path) as reader:
             for key in reader.keys():
+                if not select(key):
+                    continue
                 try:
                     tensor = reader.get_tensor(key)
                 except Exception as exc:
@@ -75,22 +78,42 @@ def _quantized_modules(tensors: dict) -> dict[tuple[str, str], list[str]]:
     return groups
 
 
+def dit_parts(folder: ModelFolder, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
+              quantization: Optional[str] = None) -> tuple[nn.Module, Callable[[Selection], None]]:
+    """The DiT built on meta, quantized Linears already swapped in, and `fill(select)`, which loads the
+    selected tensors (e.g. `in_block(3)`) from a `lowmem quantize` folder, from an original folder
+    quantized on the fly when `quantization` is given, or from an original folder as stored."""
+    device = torch.device(device)
+    model, _ = meta_dit(folder, dtype=dtype)
+    if folder.is_quantized and read_manifest(folder.root)["dit"].get("quantized"):
+        part = read_manifest(folder.root)["dit"]
+        for (scheme, backend), modules in _quantized_modules(part["tensors"]).items():
+            swap_linears(model, modules, scheme, backend)
+
+        def fill(select: Selection) -> None:
+            files = sorted({entry["file"] for name, entry in part["tensors"].items() if select(name)})
+            _fill_from_files(model, folder.root, files, device, dtype, select)
+            check_filled(model, select, "quantized DiT")
+    elif quantization is not None and not folder.is_quantized:
+        quantizing = _quantizing_filler(model, dit_source(folder), "dit", quantization, check_scheme(quantization, None),
+                                        (), device, dtype)
+
+        def fill(select: Selection) -> None:
+            quantizing(select)
+            check_filled(model, select, "DiT")
+    else:
+        checkpoint = DiTCheckpoint(folder)
+
+        def fill(select: Selection) -> None:
+            checkpoint.fill(model, select, device, dtype)
+    return model, fill
+
+
 def load_quantized_dit(folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16):
     """The SpatialEdit DiT of a `lowmem quantize` folder, quantized Linears as QuantizedLinear."""
-    from lowmem.models.dit_loading import load_dit
-
-    device = torch.device(device)
-    root = Path(folder)
-    manifest = read_manifest(root)
-    model_folder = open_model_folder(root)
-    part = manifest["dit"]
-    if not part.get("quantized"):
-        return load_dit(model_folder, dtype=dtype, device=device)
-    model, _ = meta_dit(model_folder, dtype=dtype)
-    for (scheme, backend), modules in _quantized_modules(part["tensors"]).items():
-        swap_linears(model, modules, scheme, backend)
-    _fill_from_files(model, root, part["files"], device, dtype)
-    return _finish(model, device, "DiT")
+    model, fill = dit_parts(open_model_folder(folder), device, dtype)
+    fill(everything)
+    return _finish(model, torch.device(device), "DiT")
 
 
 def load_quantized_vlm(folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16) -> nn.Module:
@@ -107,18 +130,24 @@ def load_quantized_vlm(folder: str | Path, device: torch.device | str = "cpu", d
     return _finish(model, device, "Qwen3-VL")
 
 
-def _fill_quantizing(model: nn.Module, source: ComponentSource, component: str, scheme: str, backend: str,
-                     skip: Iterable[str], device, dtype) -> nn.Module:
+def _quantizing_filler(model: nn.Module, source: ComponentSource, component: str, scheme: str, backend: str,
+                       skip: Iterable[str], device, dtype) -> Callable[[Selection], None]:
+    """Swap the quantizable Linears of the meta-built `model` and return `fill(select)`, which reads the
+    selected source tensors one at a time, quantizing those that belong to a swapped Linear."""
     from quantize.convert import quantize_tensors
 
     check_names(source, model)
-    modules = quantizable_linears(model, component, list(default_skip(component)) + list(skip), scheme, backend)
+    modules = set(quantizable_linears(model, component, list(default_skip(component)) + list(skip), scheme, backend))
     expected = {k: v.shape for k, v in model.state_dict().items()}
     swap_linears(model, modules, scheme, backend)
-    for _, stored, _ in quantize_tensors(source.names(), source, set(modules), scheme, backend, expected, measure=False):
-        for key, tensor in stored.items():
-            assign_tensor(model, key, tensor, device, dtype)
-    return model
+
+    def fill(select: Selection) -> None:
+        names = [n for n in source.names() if select(n)]
+        for _, stored, _ in quantize_tensors(names, source, modules, scheme, backend, expected, measure=False):
+            for key, tensor in stored.items():
+                assign_tensor(model, key, tensor, device, dtype)
+
+    return fill
 
 
 def load_dit_quantizing(folder: ModelFolder, scheme: str, backend: Optional[str] = None, device="cpu",
@@ -127,7 +156,7 @@ def load_dit_quantizing(folder: ModelFolder, scheme: str, backend: Optional[str]
     backend = check_scheme(scheme, backend)
     device = torch.device(device)
     model, _ = meta_dit(folder, dtype=dtype)
-    _fill_quantizing(model, dit_source(folder), "dit", scheme, backend, skip, device, dtype)
+    _quantizing_filler(model, dit_source(folder), "dit", scheme, backend, skip, device, dtype)(everything)
     return _finish(model, device, "DiT")
 
 
@@ -136,7 +165,7 @@ def load_vlm_quantizing(text_encoder: Path, scheme: str, backend: Optional[str] 
     backend = check_scheme(scheme, backend)
     device = torch.device(device)
     model = meta_vlm(text_encoder, dtype=dtype)
-    _fill_quantizing(model, vlm_source(text_encoder), "vlm", scheme, backend, skip, device, dtype)
+    _quantizing_filler(model, vlm_source(text_encoder), "vlm", scheme, backend, skip, device, dtype)(everything)
     if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
     return _finish(model, device, "Qwen3-VL")
@@ -149,28 +178,32 @@ def _conditioner(model: nn.Module, text_encoder: Path):
     return QwenVLConditioner(model, _load_processor(text_encoder))
 
 
+def check_requested_scheme(folder: ModelFolder, quantization: Optional[str]) -> None:
+    """A quantized folder can only be used in the scheme it was converted to."""
+    if quantization is not None and folder.is_quantized:
+        scheme = read_manifest(folder.root)["scheme"]
+        if scheme != quantization:
+            raise CorruptCheckpointError(
+                f"{folder.root} is already quantized as {scheme}; pass the original folder to use {quantization}"
+            )
+
+
+def load_conditioner(folder: ModelFolder, device: torch.device, dtype: torch.dtype, quantization: Optional[str] = None):
+    """The QwenVLConditioner of a quantized folder, or of an original one (quantized in memory when asked)."""
+    from lowmem.models.conditioner import QwenVLConditioner
+
+    check_requested_scheme(folder, quantization)
+    if folder.is_quantized and read_manifest(folder.root)["vlm"].get("quantized"):
+        return _conditioner(load_quantized_vlm(folder.root, device, dtype), folder.text_encoder)
+    if quantization is not None and not folder.is_quantized:
+        return _conditioner(load_vlm_quantizing(folder.text_encoder, quantization, device=device, dtype=dtype),
+                            folder.text_encoder)
+    return QwenVLConditioner.from_folder(folder.text_encoder, dtype=dtype, device=device)
+
+
 def load_parts(folder: ModelFolder, device: torch.device, dtype: torch.dtype, quantization: Optional[str] = None):
     """(DiT, QwenVLConditioner) of a quantized folder, or of an original one quantized in memory."""
-    from lowmem.models.conditioner import QwenVLConditioner
-    from lowmem.models.dit_loading import load_dit
-
-    if (folder.root / "manifest.json").is_file():
-        if quantization is not None:
-            manifest = read_manifest(folder.root)
-            if manifest["scheme"] != quantization:
-                raise CorruptCheckpointError(
-                    f"{folder.root} is already quantized as {manifest['scheme']}; pass the original folder to use {quantization}"
-                )
-        manifest = read_manifest(folder.root)
-        dit = load_quantized_dit(folder.root, device, dtype)
-        if manifest["vlm"].get("quantized"):
-            conditioner = _conditioner(load_quantized_vlm(folder.root, device, dtype), folder.text_encoder)
-        else:
-            conditioner = QwenVLConditioner.from_folder(folder.text_encoder, dtype=dtype, device=device)
-        return dit, conditioner
-    if quantization is None:
-        return (load_dit(folder, dtype=dtype, device=device),
-                QwenVLConditioner.from_folder(folder.text_encoder, dtype=dtype, device=device))
-    dit = load_dit_quantizing(folder, quantization, device=device, dtype=dtype)
-    vlm = load_vlm_quantizing(folder.text_encoder, quantization, device=device, dtype=dtype)
-    return dit, _conditioner(vlm, folder.text_encoder)
+    check_requested_scheme(folder, quantization)
+    dit, fill = dit_parts(folder, device, dtype, quantization)
+    fill(everything)
+    return _finish(dit, torch.device(device), "DiT"), load_conditioner(folder, device, dtype, quantization)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ import torch
 
 from lowmem.cli import main as cli_main
 from lowmem.errors import CorruptCheckpointError, LowmemError, ManifestVersionError, OutputPathError
-from lowmem.models.dit_loading import load_dit
 from lowmem.models.layout import open_model_folder
 from lowmem.pipeline import SpatialEditPipeline
 from quantize import convert, load_quantized_dit, read_manifest

@@ -10,6 +10,7 @@ second copy of the weights, and exposes the early decoder activations SpotEdit's
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from torch import Tensor
 from diffusers import AutoencoderKLWan
 
 from lowmem.errors import CorruptCheckpointError, ModelFolderError
+from lowmem.models.layout import ModelFolder
 from lowmem.models.wan_vae_keys import (
     diffusers_from_official,
     is_diffusers_layout,
@@ -274,3 +276,10 @@ def write_tiny_vae(path: Path | str, seed: int = 0) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def load_folder_vae(folder: ModelFolder, device: torch.device) -> WanVAE:
+    """The folder's Wan VAE; `vae/config.json` describes a non-standard one (the tiny test VAE)."""
+    config_file = folder.vae_file.parent / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else None
+    return WanVAE.from_file(folder.vae_file, config=config, dtype=torch.float32, device=device)

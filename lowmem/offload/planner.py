@@ -14,7 +14,6 @@ the rest through a ring of device slots; the conditioner runs and is evicted bef
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Optional, Union
 
 import torch

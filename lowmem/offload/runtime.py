@@ -20,17 +20,20 @@ from lowmem.offload.budget import format_bytes
 from lowmem.offload.install import OffloadedDiT
 from lowmem.offload.ledger import MemoryLedger
 from lowmem.offload.plan import Plan
+from lowmem.offload.streamer import BlockSource
 
 
 class OffloadRuntime:
-    def __init__(self, plan: Plan, dit, vae, conditioner, device: torch.device):
+    def __init__(self, plan: Plan, dit, vae, conditioner, device: torch.device, block_source: Optional[BlockSource] = None):
+        """`block_source(i, block)` makes streamed block i's tensors real just before it is packed into
+        its store (see `planned_load`); without it the DiT must already be fully loaded."""
         self.plan = plan
         self.device = torch.device(device)
         self.conditioner = conditioner
         self.ledger = MemoryLedger(plan.budget, str(self.device))
         vae.to(self.device)
         self.ledger.place("vae weights", vae.weight_bytes())
-        self.dit = OffloadedDiT(dit, plan, self.device, ledger=self.ledger)
+        self.dit = OffloadedDiT(dit, plan, self.device, ledger=self.ledger, source=block_source)
         self.together = plan.vlm.placement == "resident"
         if self.together:
             conditioner.to(self.device)

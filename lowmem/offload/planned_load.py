@@ -1,0 +1,57 @@
+"""Loading a model folder under a plan: only what the plan keeps resident is read up front.
+
+The DiT is built on the meta device in its final form (quantized Linears already swapped in), so
+the planner sizes it without reading a weight. Then the weights outside the blocks and the resident
+blocks are read, and each streamed block is read once, by the streamer's block source, straight
+into its store (pinned RAM, or a file on disk on the CPU tier) and dropped: host RAM never holds
+the whole DiT.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from lowmem.models.dit_loading import in_block, outside_blocks
+from lowmem.models.layout import ModelFolder
+from lowmem.models.vae import load_folder_vae
+from lowmem.offload.planner import plan_for
+from lowmem.offload.preflight import folder_precision, preflight_plan
+from lowmem.offload.presets import load_preset
+from lowmem.offload.runtime import OffloadRuntime
+
+HOST = torch.device("cpu")
+
+
+def load_under_plan(
+    folder: ModelFolder,
+    device: torch.device,
+    dtype: torch.dtype,
+    quantization: Optional[str],
+    memory_budget,
+    preset: Optional[str],
+    resolution: int,
+    spot: bool,
+    max_resident_blocks: Optional[int] = None,
+):
+    """(dit, vae, conditioner, OffloadRuntime) for running on `device` within the budget or preset."""
+    from quantize.loader import dit_parts, load_conditioner
+
+    if preset is not None and quantization is None and not folder.is_quantized:
+        # A preset planned for int8/nf4 weights gets them: quantized while loading.
+        quantization = {"int8": "int8", "nf4": "nf4"}.get(load_preset(preset).quantization)
+    precision = folder_precision(folder, dtype, quantization)  # what the weights will really be
+    preflight_plan(folder, memory_budget, resolution, precision, spot, preset, device)  # refuse before reading
+
+    dit, fill = dit_parts(folder, HOST, dtype, quantization)
+    conditioner = load_conditioner(folder, HOST, dtype, quantization)
+    vae = load_folder_vae(folder, HOST)
+    plan = plan_for(dit, memory_budget, resolution, precision, spot, preset=preset, device=device.type,
+                    vlm_bytes=conditioner.weight_bytes(), vae_bytes=vae.weight_bytes(),
+                    max_resident_blocks=max_resident_blocks)
+    fill(outside_blocks)
+    for index in plan.dit.resident_blocks:
+        fill(in_block(index))
+    runtime = OffloadRuntime(plan, dit, vae, conditioner, device, block_source=lambda index, _block: fill(in_block(index)))
+    return dit, vae, conditioner, runtime
