@@ -6,14 +6,16 @@
 import lowmem
 from _common import example_arguments, model_and_image
 from lowmem import instructions
+from lowmem.pipeline import default_device
 from lowmem.spotedit import SpotConfig
+from lowmem.testing import tiny_model_budget
 
 
 def main() -> None:
     parser = example_arguments(__doc__.splitlines()[0])
-    parser.add_argument("--budget", default=None, help="memory budget (default: 24GB, or 256MB on the tiny model)")
+    parser.add_argument("--budget", default=None, help="memory budget (default: 24GB, or a small one on the tiny model)")
     args = parser.parse_args()
-    budget = args.budget or ("256MB" if args.model is None else "24GB")
+    budget = args.budget or (tiny_model_budget(default_device()) if args.model is None else "24GB")
     model, image = model_and_image(args)
     # One budget drives everything: the planner keeps what fits on the device and streams the rest.
     pipe = lowmem.load(model, memory_budget=budget, quantization="nf4", resolution=args.resolution, spot=True)

@@ -22,6 +22,12 @@ from lowmem.models.tiny_qwen3vl import write_tiny_qwen3vl
 from lowmem.models.vae import TINY_VAE_CONFIG, write_tiny_vae
 
 
+def tiny_model_budget(device: torch.device | str) -> str:
+    """A memory budget in which the tiny model fits with room to spare: on CUDA the planner also
+    reserves ~0.8 GB for the CUDA context and allocator, on the CPU it does not."""
+    return "2GB" if torch.device(device).type == "cuda" else "256MB"
+
+
 def tiny_dit_state_dict(config: DiTConfig = TINY_DIT_CONFIG, seed: int = 0) -> dict[str, torch.Tensor]:
     """Seeded random DiT weights in bf16 (the official precision), default init plus random modulation."""
     generator = torch.Generator().manual_seed(seed)

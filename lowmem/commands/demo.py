@@ -18,8 +18,8 @@ from lowmem.images import load_image, save_image_atomic
 from lowmem.models.dit_loading import read_dit_config
 from lowmem.models.layout import open_model_folder
 from lowmem.paths import write_text_atomic
-from lowmem.pipeline import SpatialEditPipeline
-from lowmem.testing import write_tiny_model
+from lowmem.pipeline import SpatialEditPipeline, default_device
+from lowmem.testing import tiny_model_budget, write_tiny_model
 
 HELP = "quantize, plan and run a geometric edit end to end (on the embedded tiny model when no --model is given)"
 TINY_RESOLUTION = 64
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", type=Path, help="input image (default: a generated test scene)")
     parser.add_argument("--out-dir", type=Path, default=Path("lowmem-demo"), help="where results go (default: %(default)s)")
     parser.add_argument("--quantization", choices=("nf4", "int8", "none"), default="nf4", help="quantize first (default: %(default)s)")
-    parser.add_argument("--budget", default="256MB", help="memory budget to plan for (default: %(default)s, for the tiny model)")
+    parser.add_argument("--budget", help="memory budget to plan for (default: 256MB on the CPU, 2GB on a GPU: the tiny model's)")
     add_edit_arguments(parser)
     # Random tiny weights never reconstruct the condition, so their token scores sit far above the
     # paper's tau and are spatially noisy: the adaptive split still separates the more and the less
@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
             convert(args.model or Path(scratch) / "tiny-spatialedit", model, scheme=args.quantization)
         # Stream half the DiT blocks so the demo shows the streamer at work even on the tiny model.
         half = read_dit_config(open_model_folder(model)).mm_double_blocks_depth // 2
-        pipe = SpatialEditPipeline.from_folder(model, memory_budget=args.budget, resolution=args.resolution,
+        budget = args.budget or tiny_model_budget(default_device())
+        pipe = SpatialEditPipeline.from_folder(model, memory_budget=budget, resolution=args.resolution,
                                                spot=bool(args.spot), max_resident_blocks=half)
         print(f"\n== plan\n{pipe.offload.plan.format_table()}")
         print(f"\n== edit: {instruction.text}")
