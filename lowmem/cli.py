@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+import torch
+
 from lowmem.commands import demo, doctor, edit, plan, quantize
 from lowmem.errors import LowmemError
 
@@ -30,6 +32,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return COMMANDS[args.command].run(args) or 0
     except (LowmemError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except torch.OutOfMemoryError as exc:
+        # The plan's estimate was short for this card or this input: say what to change, not a traceback.
+        print(f"error: out of device memory ({str(exc).splitlines()[0]}); give a smaller --budget so more streams, "
+              "a lower --resolution, or --quantization nf4", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; nothing half-written was left behind", file=sys.stderr)

@@ -70,3 +70,14 @@ def inspect_machine(disk_path: str | Path = ".") -> MachineInfo:
         disk_free_bytes=shutil.disk_usage(disk_path).free,
         versions=library_versions(),
     )
+
+
+def available_memory(device: torch.device | str) -> int:
+    """Bytes this run may use on `device` right now: free GPU memory, or available RAM on the CPU
+    (what `--budget auto` plans for)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free
+    mem = _meminfo()
+    return mem.get("MemAvailable", mem.get("MemTotal", 0))

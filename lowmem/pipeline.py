@@ -79,13 +79,18 @@ class SpatialEditPipeline:
 
         A `lowmem quantize` folder (it has manifest.json) loads its quantized weights; with an
         original folder, `quantization="int8"|"nf4"` quantizes the DiT and Qwen3-VL decoder while loading.
-        With `memory_budget` (e.g. "24GB") or a hardware `preset`, the planner decides what stays on the
-        device for edits at `resolution` (with SpotEdit caches when `spot`), keeping at most
-        `max_resident_blocks` DiT blocks resident when given; the rest streams.
+        With `memory_budget` (e.g. "24GB", or "auto": what is free on the device now) or a hardware
+        `preset`, the planner decides what stays on the device for edits at `resolution` (with SpotEdit
+        caches when `spot`), keeping at most `max_resident_blocks` DiT blocks resident when given; the
+        rest streams. Without either, everything is loaded resident.
         """
         folder = open_model_folder(model)
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
+        if memory_budget == "auto":
+            from lowmem.machine import available_memory
+
+            memory_budget = available_memory(device)
         if memory_budget or preset:
             from lowmem.offload.planned_load import load_under_plan
 

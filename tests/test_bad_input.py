@@ -200,3 +200,16 @@ def test_demo_wrong_angle(tmp_path, capsys):
 def test_doctor_json_into_a_missing_folder(tmp_path, capsys):
     line = one_line_error(main(["doctor", "--json", str(tmp_path / "missing" / "d.json")]), capsys)
     assert "does not exist" in line
+
+
+def test_out_of_device_memory_is_one_line_with_what_to_change(monkeypatch, capsys):
+    import torch
+
+    from lowmem.commands import doctor
+
+    def exhausted(args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr(doctor, "run", exhausted)
+    line = one_line_error(main(["doctor"]), capsys)
+    assert "Tried to allocate 2.00 GiB" in line and "--budget" in line and "nf4" in line

@@ -69,3 +69,12 @@ def test_editing_above_the_planned_resolution_is_refused(tiny_model, scene):
     pipe = lowmem.load(tiny_model, memory_budget="300MB", device="cpu", resolution=64)
     with pytest.raises(BudgetError, match="planned for 64px"):
         pipe.edit(scene, "rotate the object", steps=1, resolution=128, progress=False)
+
+
+def test_auto_budget_plans_for_what_is_free(tiny_model):
+    from lowmem.machine import available_memory
+
+    pipe = lowmem.load(tiny_model, memory_budget="auto", device="cpu", resolution=64)
+    plan = pipe.offload.plan
+    assert abs(plan.budget - available_memory("cpu")) < 2**30  # read at load time; other processes move it a little
+    assert not plan.streams

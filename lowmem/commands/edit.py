@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from lowmem.commands.edit_args import add_edit_arguments, instruction_from_args, spot_from_args
 from lowmem.images import load_image, save_image_atomic
 from lowmem.paths import check_output_path, write_text_atomic
-from lowmem.pipeline import SpatialEditPipeline
+from lowmem.pipeline import SpatialEditPipeline, default_device
 
 HELP = "edit an image with a SpatialEdit model folder (original or quantized)"
 
@@ -20,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--report", type=Path, help="also write the run report as JSON here")
     parser.add_argument("--device", help="compute device (default: cuda when available, else cpu)")
-    parser.add_argument("--budget", help="memory budget of the compute device, e.g. 24GB: plan what stays resident and what streams")
+    parser.add_argument("--budget", help="memory budget of the compute device, e.g. 24GB, or 'auto' for what is free now: "
+                                         "plan what stays resident and what streams (default on a GPU: auto)")
     parser.add_argument("--preset", help="hardware preset from offload_plans/ (e.g. rtx4090-24gb)")
     parser.add_argument("--quantization", choices=("int8", "nf4"),
                         help="quantize an original model folder while loading (a `lowmem quantize` folder needs no flag)")
@@ -33,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         check_output_path(args.report, args.overwrite)
     image = load_image(args.image)
+    device = torch.device(args.device) if args.device else default_device()
+    if args.budget is None and args.preset is None and device.type == "cuda":
+        args.budget = "auto"  # on a GPU, plan for the memory that is free instead of failing with out-of-memory
     pipe = SpatialEditPipeline.from_folder(args.model, device=args.device, memory_budget=args.budget, preset=args.preset,
                                            resolution=args.resolution, quantization=args.quantization, spot=bool(args.spot))
     if pipe.offload is not None:
