@@ -52,18 +52,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(dit, inputs, device, steps: int) -> float:
-    """Median seconds per step (the machine may be shared: the median resists interference)."""
-    times = []
+def time_interleaved(runners: dict, inputs, device, steps: int) -> dict:
+    """Median seconds per step of each runner, the runners taking turns step by step, so drift of
+    the machine (frequency, other processes, page cache) hits every runner alike."""
+    times = {name: [] for name in runners}
     with torch.inference_mode():
-        dit(*inputs)  # warm-up (first ring fill, allocator)
+        for model in runners.values():
+            model(*inputs)  # warm-up (first ring fill, allocator)
         sync(device)
         for _ in range(steps):
-            start = time.perf_counter()
-            dit(*inputs)
-            sync(device)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            for name, model in runners.items():
+                start = time.perf_counter()
+                model(*inputs)
+                sync(device)
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def copy_only(streamer, device, steps: int) -> float:
@@ -81,7 +84,8 @@ def copy_only(streamer, device, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def bench_diffusers(dit, inputs, device, steps: int, scratch: Path):
+def diffusers_offloaded(dit, device, scratch: Path):
+    """A copy of `dit` under diffusers' group offloading, or (None, why) when it cannot run here."""
     try:
         from diffusers.hooks import apply_group_offloading
     except ImportError as exc:
@@ -94,7 +98,7 @@ def bench_diffusers(dit, inputs, device, steps: int, scratch: Path):
         else:
             kwargs.update(offload_device=torch.device("cpu"), offload_to_disk_path=str(scratch))
         apply_group_offloading(model, **kwargs)
-        return time_steps(model, inputs, device, steps), None
+        return model, None
     except Exception as exc:  # noqa: BLE001 - the peer is reported as not runnable, with why
         return None, f"{type(exc).__name__}: {exc}"[:160]
 
@@ -110,29 +114,33 @@ def run(fast: bool, device: torch.device) -> dict:
     for hidden, depth, latent in sizes:
         base = make_dit(hidden, depth, dtype)
         inputs = make_inputs(latent, device, dtype)
-        resident = copy.deepcopy(base).to(device)
-        compute = time_steps(resident, inputs, device, steps)
-        del resident
         block_bytes = sum(p.numel() * p.element_size() for p in base.double_blocks[0].parameters())
         plans = {"half resident": dict(max_resident_blocks=depth // 2), "all streamed": dict(max_resident_blocks=0)}
-        rows.append(dict(hidden=hidden, blocks=depth, block_bytes=block_bytes, plan="all resident", runner="lowmem",
-                         step_s=compute, compute_s=compute, copy_s=0.0, slowdown=1.0, overlap=1.0))
-        for name, kw in plans.items():
-            with tempfile.TemporaryDirectory() as scratch:
+        with tempfile.TemporaryDirectory() as scratch:
+            runners = {"all resident": copy.deepcopy(base).to(device)}
+            offloaded = {}
+            for name, kw in plans.items():
                 dit = copy.deepcopy(base)
                 plan = plan_for(dit, "1TB", 256, device=device.type, storage=storage, slots=3, prefetch_depth=2, **kw)
-                off = apply_plan(dit, plan, device, disk_dir=Path(scratch) / "blocks")
-                step = time_steps(dit, inputs, device, steps)
+                offloaded[name] = apply_plan(dit, plan, device, disk_dir=Path(scratch) / name.replace(" ", "-"))
+                runners[name] = dit
+            peer, why = diffusers_offloaded(base, device, Path(scratch) / "diffusers")
+            if peer is not None:
+                runners["diffusers group"] = peer
+            step = time_interleaved(runners, inputs, device, steps)
+            compute = step["all resident"]
+            rows.append(dict(hidden=hidden, blocks=depth, block_bytes=block_bytes, plan="all resident", runner="lowmem",
+                             step_s=compute, compute_s=compute, copy_s=0.0, slowdown=1.0, overlap=1.0))
+            for name, off in offloaded.items():
                 copy_s = copy_only(off.streamer, device, steps)
                 off.close()
-            rows.append(dict(hidden=hidden, blocks=depth, block_bytes=block_bytes, plan=name, runner="lowmem",
-                             step_s=step, compute_s=compute, copy_s=copy_s, slowdown=step / compute,
-                             overlap=step / max(compute, copy_s)))
-        with tempfile.TemporaryDirectory() as scratch:
-            step, why = bench_diffusers(base, inputs, device, steps, Path(scratch))
-        rows.append(dict(hidden=hidden, blocks=depth, block_bytes=block_bytes, plan="all streamed", runner="diffusers group",
-                         step_s=step, compute_s=compute, copy_s=None, slowdown=(step / compute) if step else None,
-                         overlap=None, note=why))
+                rows.append(dict(hidden=hidden, blocks=depth, block_bytes=block_bytes, plan=name, runner="lowmem",
+                                 step_s=step[name], compute_s=compute, copy_s=copy_s, slowdown=step[name] / compute,
+                                 overlap=step[name] / max(compute, copy_s)))
+            peer_s = step.get("diffusers group")
+            rows.append(dict(hidden=hidden, blocks=depth, block_bytes=block_bytes, plan="all streamed",
+                             runner="diffusers group", step_s=peer_s, compute_s=compute, copy_s=None,
+                             slowdown=(peer_s / compute) if peer_s else None, overlap=None, note=why))
     return {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "storage": storage, "steps": steps,
             "torch_threads": torch.get_num_threads(), "rows": rows}
 
