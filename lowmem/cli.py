@@ -12,10 +12,12 @@ from typing import Optional, Sequence
 
 import torch
 
-from lowmem.commands import demo, doctor, edit, plan, quantize
+from lowmem.commands import demo, doctor, edit, import_official, plan, quantize
 from lowmem.errors import LowmemError
 
-COMMANDS = {"edit": edit, "demo": demo, "plan": plan, "quantize": quantize, "doctor": doctor}
+COMMANDS = {
+    "edit": edit, "demo": demo, "plan": plan, "quantize": quantize, "doctor": doctor, "import": import_official,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

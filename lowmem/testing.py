@@ -19,7 +19,7 @@ from lowmem.models.dit import build_dit
 from lowmem.models.dit_config import TINY_DIT_CONFIG, DiTConfig
 from lowmem.models.layout import DIT_INDEX
 from lowmem.models.tiny_qwen3vl import write_tiny_qwen3vl
-from lowmem.models.vae import TINY_VAE_CONFIG, write_tiny_vae
+from lowmem.models.vae import write_tiny_vae
 
 
 def tiny_model_budget(device: torch.device | str) -> str:
@@ -74,9 +74,7 @@ def write_tiny_model(folder: str | Path, seed: int = 0, dit_config: DiTConfig = 
             tiny_dit_state_dict(dit_config, seed), transformer, shards=2, stem="diffusion_pytorch_model", index_name=DIT_INDEX
         )
         (staging / "vae").mkdir()
-        write_tiny_vae(staging / "vae" / "Wan2.1_VAE.pth", seed=seed)
-        # The real Wan2.1 VAE needs no config (the defaults are its config); the tiny one says so.
-        (staging / "vae" / "config.json").write_text(json.dumps(TINY_VAE_CONFIG, indent=2))
+        write_tiny_vae(staging / "vae" / "Wan2.1_VAE.pth", seed=seed)  # no config: width read off the file
         write_tiny_qwen3vl(staging / "text_encoder", seed=seed, hidden_size=dit_config.text_states_dim)
         if target.exists():
             target.rmdir()

@@ -213,3 +213,10 @@ def test_out_of_device_memory_is_one_line_with_what_to_change(monkeypatch, capsy
     monkeypatch.setattr(doctor, "run", exhausted)
     line = one_line_error(main(["doctor"]), capsys)
     assert "Tried to allocate 2.00 GiB" in line and "--budget" in line and "nf4" in line
+
+
+def test_import_missing_checkpoint(tiny_model, tmp_path, capsys):
+    line = one_line_error(main(["import", "--dit", str(tmp_path / "none.pt"), "--vae", str(tiny_model / "vae" / "Wan2.1_VAE.pth"),
+                                "--text-encoder", str(tiny_model / "text_encoder"), "--out", str(tmp_path / "m")]), capsys)
+    assert "none.pt does not exist" in line
+    assert not (tmp_path / "m").exists()

@@ -97,7 +97,8 @@ class WanVAE:
     ) -> "WanVAE":
         """Load ``Wan2.1_VAE.pth`` (original names) or a ``.safetensors`` (original or diffusers names).
 
-        ``config`` holds ``AutoencoderKLWan`` kwargs; None means the real Wan2.1 VAE.
+        ``config`` holds ``AutoencoderKLWan`` kwargs; None means the Wan2.1 VAE's architecture with
+        the channel width read off the file (96 for the real one).
         Raises FileNotFoundError for a missing file and ValueError for a corrupt / foreign one.
         """
         path = Path(path)
@@ -115,6 +116,8 @@ class WanVAE:
         sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
 
         cfg = copy.deepcopy(FULL_VAE_CONFIG if config is None else config)
+        if config is None and "encoder.conv_in.weight" in sd:
+            cfg["base_dim"] = sd["encoder.conv_in.weight"].shape[0]
         # Build on the meta device: no parameter memory is allocated, load_state_dict(assign=True)
         # then adopts the (mmap-backed) tensors from the file directly.
         with torch.device("meta"):
@@ -279,7 +282,8 @@ def write_tiny_vae(path: Path | str, seed: int = 0) -> None:
 
 
 def load_folder_vae(folder: ModelFolder, device: torch.device) -> WanVAE:
-    """The folder's Wan VAE; `vae/config.json` describes a non-standard one (the tiny test VAE)."""
+    """The folder's Wan VAE; an optional `vae/config.json` (AutoencoderKLWan kwargs) describes a VAE
+    whose architecture differs from Wan2.1's beyond its channel width."""
     config_file = folder.vae_file.parent / "config.json"
     config = json.loads(config_file.read_text()) if config_file.exists() else None
     return WanVAE.from_file(folder.vae_file, config=config, dtype=torch.float32, device=device)

@@ -1,0 +1,193 @@
+"""Turn the official SpatialEdit release into a lowmem model folder, merging its LoRA on the way.
+
+The official code loads the DiT from one torch `.pt` state dict (optionally under a "model" key),
+then applies the post-training LoRA (a PEFT adapter folder: adapter_config.json +
+adapter_model.safetensors, rank 16) with `merge_and_unload`. This importer does the same merge,
+W + (alpha / r) * B @ A per adapted Linear, in float32, and writes the result as sharded safetensors
+with an index, next to the VAE and the Qwen3-VL folder: the layout every lowmem command reads.
+
+The `.pt` is opened with mmap, tensors are read one at a time and each shard is written to a
+temporary name and renamed; the whole folder is built beside the target and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from lowmem.errors import CorruptCheckpointError, ModelFolderError, OutputPathError
+from lowmem.models.dit import build_dit
+from lowmem.models.dit_config import DiTConfig
+from lowmem.models.layout import DIT_INDEX, open_model_folder
+
+PEFT_PREFIX = "base_model.model."
+DEFAULT_SHARD_BYTES = 5 * 10**9
+
+
+def read_official_dit(path: Path) -> dict[str, torch.Tensor]:
+    """The official DiT state dict, memory-mapped (nothing is read until a tensor is used)."""
+    if not path.is_file():
+        raise ModelFolderError(f"DiT checkpoint {path} does not exist; pass the official .pt file")
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:  # torch raises several types for a truncated or foreign file
+        raise CorruptCheckpointError(f"{path} is not a readable torch checkpoint ({exc}); re-download it") from exc
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CorruptCheckpointError(f"{path} does not hold a state dict of tensors")
+    return {k: v for k, v in state.items() if "repa" not in k}  # training-only head, as the official loader
+
+
+def infer_dit_config(state: dict[str, torch.Tensor]) -> DiTConfig:
+    """The DiT configuration from the tensor shapes (the released 16B one for the official weights)."""
+    try:
+        hidden, in_channels = state["img_in.weight"].shape[:2]
+        head_dim = state["double_blocks.0.img_attn_q_norm.weight"].shape[0]
+        text_dim = state["condition_embedder.text_embedder.linear_1.weight"].shape[1]
+        mlp_hidden = state["double_blocks.0.img_mlp.net.0.proj.weight"].shape[0]
+        out_channels = state["proj_out.weight"].shape[0] // 4
+    except KeyError as exc:
+        raise CorruptCheckpointError(f"the DiT checkpoint has no {exc.args[0]!r}: it is not a SpatialEdit DiT") from exc
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("double_blocks."))
+    # Split the head dim over (t, h, w) as the release does: [16, 56, 56] for 128.
+    t_dim = head_dim // 8
+    hw = (head_dim - t_dim) // 2
+    return DiTConfig(hidden_size=hidden, heads_num=hidden // head_dim, mm_double_blocks_depth=depth,
+                     in_channels=in_channels, out_channels=out_channels, text_states_dim=text_dim,
+                     mlp_width_ratio=mlp_hidden / hidden, rope_dim_list=(t_dim, hw, head_dim - t_dim - hw))
+
+
+class LoRA:
+    """A PEFT LoRA adapter folder: per adapted module, A (r, in) and B (out, r), and the scale."""
+
+    def __init__(self, folder: Path):
+        config_file, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+        if not config_file.is_file() or not weights.is_file():
+            raise ModelFolderError(f"LoRA folder {folder} needs adapter_config.json and adapter_model.safetensors")
+        config = json.loads(config_file.read_text())
+        rank, alpha = config["r"], config.get("lora_alpha", config["r"])
+        self.scale = alpha / (rank**0.5 if config.get("use_rslora") else rank)
+        self.pairs: dict[str, dict[str, torch.Tensor]] = {}
+        try:
+            with safe_open(weights, "pt", device="cpu") as reader:
+                for key in reader.keys():
+                    module, _, part = key.removeprefix(PEFT_PREFIX).rpartition(".lora_")
+                    self.pairs.setdefault(module, {})[part.split(".")[0]] = reader.get_tensor(key)
+        except (SafetensorError, OSError) as exc:
+            raise CorruptCheckpointError(f"{weights} is truncated or corrupt ({exc})") from exc
+        for module, pair in self.pairs.items():
+            if set(pair) != {"A", "B"}:
+                raise CorruptCheckpointError(f"LoRA module {module} lacks its lora_A or lora_B weight")
+
+    def delta(self, module: str) -> Optional[torch.Tensor]:
+        """scale * B @ A in float32 for `module`, or None when the adapter does not touch it."""
+        pair = self.pairs.get(module)
+        return None if pair is None else self.scale * (pair["B"].float() @ pair["A"].float())
+
+
+def merged_tensors(state: dict[str, torch.Tensor], lora: Optional[LoRA], expected: dict[str, torch.Size]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each DiT tensor in its stored dtype, the LoRA delta merged into adapted Linear weights."""
+    unknown = sorted(set(state) - set(expected))
+    if unknown:
+        raise CorruptCheckpointError(f"the DiT checkpoint holds {unknown[0]!r} ({len(unknown)} unknown tensors): not a SpatialEdit DiT")
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise CorruptCheckpointError(f"the DiT checkpoint lacks {len(missing)} tensors (first: {missing[0]})")
+    if lora is not None:
+        stray = sorted(m for m in lora.pairs if f"{m}.weight" not in expected)
+        if stray:
+            raise CorruptCheckpointError(f"the LoRA adapts {stray[0]!r}, which is not a Linear of this DiT")
+    for name, tensor in state.items():
+        delta = lora.delta(name.removesuffix(".weight")) if lora is not None and name.endswith(".weight") else None
+        if delta is not None:
+            tensor = (tensor.float() + delta).to(tensor.dtype)
+        yield name, tensor.contiguous()
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link when on the same file system (no second copy on disk), else copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def import_official(
+    dit: Path,
+    vae: Path,
+    text_encoder: Path,
+    out: Path,
+    lora: Optional[Path] = None,
+    config: Optional[DiTConfig] = None,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    progress: bool = True,
+) -> Path:
+    """Write the lowmem model folder `out` from the official release's files (see the module doc).
+    `config` overrides the configuration inferred from the shapes (the RoPE split is not in them)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputPathError(f"{out} already holds something; choose a new folder")
+    if not out.parent.is_dir():
+        raise OutputPathError(f"output folder {out.parent} does not exist; create it first")
+    if not Path(vae).is_file():
+        raise ModelFolderError(f"VAE file {vae} does not exist; pass the official Wan2.1_VAE.pth")
+    if not (Path(text_encoder) / "config.json").is_file():
+        raise ModelFolderError(f"{text_encoder} holds no config.json; pass the Qwen3-VL-8B-Instruct folder")
+    state = read_official_dit(Path(dit))
+    adapter = LoRA(Path(lora)) if lora is not None else None
+    config = config or infer_dit_config(state)
+    expected = {k: v.shape for k, v in build_dit(config, device="meta").state_dict().items()}
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        transformer = staging / "transformer"
+        transformer.mkdir()
+        (transformer / "config.json").write_text(config.to_json())
+        shards: list[dict[str, torch.Tensor]] = [{}]
+        size = 0
+        for name, tensor in tqdm(merged_tensors(state, adapter, expected), total=len(state), desc="import DiT",
+                                 unit="tensor", disable=not progress):
+            nbytes = tensor.numel() * tensor.element_size()
+            if shards[-1] and size + nbytes > shard_bytes:
+                _write_shard(shards[-1], transformer, len(shards))
+                shards[-1] = {n: None for n in shards[-1]}  # keep the names for the index, drop the tensors
+                shards.append({})
+                size = 0
+            shards[-1][name] = tensor
+            size += nbytes
+        _write_shard(shards[-1], transformer, len(shards))
+        total = len(shards)
+        weight_map = {}
+        for i, shard in enumerate(shards, start=1):
+            final = transformer / f"diffusion_pytorch_model-{i:05d}-of-{total:05d}.safetensors"
+            os.replace(transformer / f".shard-{i}.safetensors", final)
+            weight_map.update({n: final.name for n in shard})
+        total_bytes = sum(t.numel() * t.element_size() for t in state.values())
+        (transformer / DIT_INDEX).write_text(json.dumps({"metadata": {"total_size": total_bytes}, "weight_map": weight_map}, indent=2))
+        _link_or_copy(Path(vae), staging / "vae" / "Wan2.1_VAE.pth")
+        for file in sorted(Path(text_encoder).rglob("*")):
+            if file.is_file():
+                _link_or_copy(file, staging / "text_encoder" / file.relative_to(text_encoder))
+        open_model_folder(staging)  # the result must read back as a model folder
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_shard(tensors: dict[str, torch.Tensor], folder: Path, number: int) -> None:
+    save_file(tensors, folder / f".shard-{number}.safetensors", metadata={"format": "pt"})
