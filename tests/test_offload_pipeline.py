@@ -78,3 +78,23 @@ def test_auto_budget_plans_for_what_is_free(tiny_model):
     plan = pipe.offload.plan
     assert abs(plan.budget - available_memory("cpu")) < 2**30  # read at load time; other processes move it a little
     assert not plan.streams
+
+
+def test_conditioner_streamed_by_layer_gives_the_same_image(tiny_model, tiny_pipeline, scene):
+    from lowmem.offload import OffloadRuntime, plan_for
+    from lowmem.offload.conditioner_placement import StreamedConditioner
+    from lowmem.pipeline import SpatialEditPipeline
+
+    expected = tiny_pipeline.edit(scene, "move it left", steps=2, seed=4, resolution=64, progress=False)
+    pipe = SpatialEditPipeline.from_folder(tiny_model, device="cpu")
+    plan = plan_for(pipe.dit, "300MB", 64, device="cpu", vlm_bytes=pipe.conditioner.weight_bytes(),
+                    vae_bytes=pipe.vae.weight_bytes())
+    plan.vlm.placement = "streamed"  # what the planner picks when Qwen3-VL does not fit whole
+    pipe.offload = OffloadRuntime(plan, pipe.dit, pipe.vae, pipe.conditioner, pipe.device)
+    assert isinstance(pipe.offload.vlm, StreamedConditioner)
+    for _ in range(2):  # the slots are given back after each prompt and come back for the next
+        got = pipe.edit(scene, "move it left", steps=2, seed=4, resolution=64, progress=False)
+        assert np.array_equal(np.asarray(got.image), np.asarray(expected.image))
+    stats = pipe.offload.vlm.stats()
+    assert stats["streamed_blocks"] == len(pipe.conditioner.decoder_layers) and stats["bytes_streamed"] > 0
+    assert pipe.offload.vlm.streamer.slots is None

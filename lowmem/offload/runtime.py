@@ -2,7 +2,8 @@
 
     setup:        VAE on the device; the DiT's resident part placed, its streamed blocks packed into
                   their store; the conditioner on the device only if the plan keeps it resident.
-    encode:       a run-then-evicted conditioner is moved onto the device, run, and moved off again;
+    encode:       a run-then-evicted conditioner is moved onto the device, run, and moved off again
+                  (a "streamed" one moves all but its decoder layers, which stream through slots);
                   when the plan says the DiT and the conditioner do not fit together, the DiT's device
                   part waits on the host until denoising starts and leaves after decoding.
     decode:       tiled with the plan's tile size.
@@ -17,6 +18,7 @@ from typing import Iterator, Optional
 import torch
 
 from lowmem.offload.budget import format_bytes
+from lowmem.offload.conditioner_placement import StreamedConditioner, WholeConditioner
 from lowmem.offload.install import OffloadedDiT
 from lowmem.offload.ledger import MemoryLedger
 from lowmem.offload.plan import Plan
@@ -29,15 +31,19 @@ class OffloadRuntime:
         its store (see `planned_load`); without it the DiT must already be fully loaded."""
         self.plan = plan
         self.device = torch.device(device)
-        self.conditioner = conditioner
         self.ledger = MemoryLedger(plan.budget, str(self.device))
         vae.to(self.device)
         self.ledger.place("vae weights", vae.weight_bytes())
         self.dit = OffloadedDiT(dit, plan, self.device, ledger=self.ledger, source=block_source)
         self.together = plan.vlm.placement == "resident"
+        if plan.vlm.placement == "streamed":
+            storage = plan.dit.storage if plan.dit.storage != "none" else "pinned"
+            self.vlm = StreamedConditioner(conditioner, self.device, storage)
+        else:
+            self.vlm = WholeConditioner(conditioner, self.device)
         if self.together:
-            conditioner.to(self.device)
-            self.ledger.place("vlm weights", conditioner.weight_bytes())
+            self.vlm.place()
+            self.ledger.place("vlm weights", self.vlm.device_bytes())
         else:
             self.dit.release()
 
@@ -49,17 +55,17 @@ class OffloadRuntime:
     def encoding(self) -> Iterator[None]:
         """The conditioner on the device for the prompt, evicted right after (unless resident)."""
         if not self.together:
-            self.conditioner.to(self.device)
-            self.ledger.place("vlm weights", self.conditioner.weight_bytes())
+            self.vlm.place()
+            self.ledger.place("vlm weights", self.vlm.device_bytes())
             self.ledger.place("vlm activations (estimate)", self.plan.estimate.phases.get("encode prompt", {}).get("vlm activations", 0))
         try:
             yield
         finally:
             self.ledger.release("vlm activations (estimate)")
             if not self.together:
-                if self.device.type != "cpu":
-                    self.conditioner.to(self.host)
-                    torch.cuda.empty_cache() if self.device.type == "cuda" else None
+                self.vlm.release()
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
                 self.ledger.release("vlm weights")
 
     @contextmanager
@@ -94,6 +100,8 @@ class OffloadRuntime:
         items = {
             "plan": self.plan.summary(),
             "bytes streamed": format_bytes(stats["bytes_streamed"]),
+            **({"vlm bytes streamed": format_bytes(self.vlm.stats()["bytes_streamed"])}
+               if isinstance(self.vlm, StreamedConditioner) else {}),
             "ledger peak": format_bytes(self.ledger.peak) + f" of budget {format_bytes(self.plan.budget)}",
         }
         measured: Optional[int] = self.ledger.measured_peak()

@@ -64,17 +64,17 @@ class BlockStreamer:
         self.num_slots = max(1, min(slots, n)) if n else 0
         self.depth = max(0, min(depth, self.num_slots - 1)) if n else 0
         self.slot_bytes = max((l.nbytes for l in self.layouts.values()), default=0)
-        self.slots = [torch.empty(self.slot_bytes, dtype=torch.uint8, device=self.device) for _ in range(self.num_slots)]
+        self.slots: Optional[list[torch.Tensor]] = None  # allocated before the first copy, see free_slots
         self.staging = None
         if self.cuda and isinstance(self.store, DiskStore):
-            self.staging = [torch.empty(self.slot_bytes, dtype=torch.uint8, pin_memory=True) for _ in self.slots]
+            self.staging = [torch.empty(self.slot_bytes, dtype=torch.uint8, pin_memory=True) for _ in range(self.num_slots)]
         self.slot_key: list[Optional[int]] = [None] * self.num_slots
         self.k = 0  # streamed block runs so far (ring position)
         if self.cuda and n:
             self.copy_stream = torch.cuda.Stream(self.device)
             self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))
-            self.loaded = [torch.cuda.Event() for _ in self.slots]
-            self.done = [torch.cuda.Event() for _ in self.slots]
+            self.loaded = [torch.cuda.Event() for _ in range(self.num_slots)]
+            self.done = [torch.cuda.Event() for _ in range(self.num_slots)]
         if ledger is not None and n:
             ledger.place("dit slots", self.slot_bytes * self.num_slots)
 
@@ -89,6 +89,8 @@ class BlockStreamer:
         return (p, p) if self.static else (k % self.num_slots, k)
 
     def _issue(self, k: int) -> None:
+        if self.slots is None:
+            self.slots = [torch.empty(self.slot_bytes, dtype=torch.uint8, device=self.device) for _ in range(self.num_slots)]
         s, key = self._slot_and_key(k)
         if self.slot_key[s] == key:
             return
@@ -112,31 +114,61 @@ class BlockStreamer:
         self.slot_key = [None] * self.num_slots
         self.k = 0
 
+    def free_slots(self) -> None:
+        """Give the device slots back until the next forward (a conditioner streamed once per edit
+        should not hold them through denoising). Only between forwards."""
+        if self.cuda and self.slots is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self.copy_stream)  # no copy may still write
+        self.slots = None
+        self.reset()
+
+    def enter(self, i: int) -> None:
+        """Before block `i` runs: for a streamed block, issue the copies `depth` ahead and bind the
+        block's tensors to its slot once its copy is done (on CUDA: the compute stream waits)."""
+        p = self.position.get(i)
+        if p is None:
+            return
+        n = len(self.streamed)
+        if p == 0 and self.k % n:
+            self.reset()  # a forward that was interrupted mid-step left the ring out of phase
+        k = self.k
+        for ahead in range(self.depth + 1):
+            self._issue(k + ahead)
+        s, _ = self._slot_and_key(k)
+        if self.cuda:
+            torch.cuda.current_stream(self.device).wait_event(self.loaded[s])
+        layout = self.layouts[i]
+        layout.bind(layout.views(self.slots[s]))
+
+    def exit(self, i: int) -> None:
+        """After block `i` ran: mark its slot free for the next copy and park its tensors."""
+        if i not in self.position:
+            return
+        s, _ = self._slot_and_key(self.k)
+        if self.cuda:
+            self.done[s].record(torch.cuda.current_stream(self.device))
+        self.layouts[i].park(self.placeholders)
+        self.k += 1
+
     def __call__(self, blocks: nn.ModuleList, img: torch.Tensor, txt: torch.Tensor, ctx):
+        """The DiT's block runner: every block in order, streamed ones through the slots."""
         if blocks is not self.blocks:
             raise ValueError("this streamer was built for another block list")
-        n = len(self.streamed)
-        if n and self.k % n:
-            self.reset()
         for i, block in enumerate(blocks):
-            p = self.position.get(i)
-            if p is None:
-                img, txt = block(img, txt, ctx, i)
-                continue
-            k = self.k
-            for ahead in range(self.depth + 1):
-                self._issue(k + ahead)
-            s, _ = self._slot_and_key(k)
-            layout = self.layouts[i]
-            if self.cuda:
-                torch.cuda.current_stream(self.device).wait_event(self.loaded[s])
-            layout.bind(layout.views(self.slots[s]))
+            self.enter(i)
             img, txt = block(img, txt, ctx, i)
-            if self.cuda:
-                self.done[s].record(torch.cuda.current_stream(self.device))
-            layout.park(self.placeholders)
-            self.k = k + 1
+            self.exit(i)
         return img, txt
+
+    def attach(self) -> list:
+        """Stream a block list whose loop belongs to someone else (the Qwen3-VL decoder layers):
+        forward hooks call `enter` / `exit` around each streamed block. Returns the hook handles."""
+        handles = []
+        for i in self.streamed:
+            block = self.blocks[i]
+            handles.append(block.register_forward_pre_hook(lambda module, args, i=i: self.enter(i)))
+            handles.append(block.register_forward_hook(lambda module, args, output, i=i: self.exit(i)))
+        return handles
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def resident_bytes(self) -> int:

@@ -1,0 +1,84 @@
+"""How the conditioner gets onto the compute device for the prompt: whole, or its decoder layers
+streamed through device slots (when Qwen3-VL does not fit beside the runtime).
+
+Both placements answer `place()` before encoding, `release()` after it, and `device_bytes()` for
+the ledger. Streaming reuses the DiT's BlockStreamer on the Qwen3-VL decoder layers: transformers
+owns that loop, so the streamer is driven by forward hooks, and its slots are given back after each
+prompt so they do not sit on the device through denoising.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lowmem.offload.streamer import BlockStreamer
+
+HOST = torch.device("cpu")
+VLM_SLOTS, VLM_PREFETCH = 3, 2
+
+
+def _bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def modules_outside(root: nn.Module, excluded: nn.Module) -> list[nn.Module]:
+    """The largest submodules of `root` that neither are nor contain `excluded`."""
+    found = []
+    for child in root.children():
+        if child is excluded:
+            continue
+        if any(m is excluded for m in child.modules()):
+            found.extend(modules_outside(child, excluded))
+        else:
+            found.append(child)
+    return found
+
+
+class WholeConditioner:
+    """The whole conditioner moves onto the device for the prompt and back afterwards."""
+
+    def __init__(self, conditioner, device: torch.device):
+        self.conditioner, self.device = conditioner, device
+
+    def place(self) -> None:
+        self.conditioner.to(self.device)
+
+    def release(self) -> None:
+        if self.device.type != "cpu":
+            self.conditioner.to(HOST)
+
+    def device_bytes(self) -> int:
+        return self.conditioner.weight_bytes()
+
+
+class StreamedConditioner:
+    """Everything but the decoder layers moves onto the device; the layers stream through slots."""
+
+    def __init__(self, conditioner, device: torch.device, storage: str):
+        self.device = device
+        layers = conditioner.decoder_layers
+        own = list(conditioner.model.parameters(recurse=False)) + list(conditioner.model.buffers(recurse=False))
+        if own:
+            raise ValueError("the conditioner keeps tensors outside its submodules; it cannot be streamed by layer")
+        self.outside = modules_outside(conditioner.model, layers)
+        self.streamer = BlockStreamer(layers, resident=(), device=device, slots=VLM_SLOTS, depth=VLM_PREFETCH,
+                                      storage=storage)
+        self.hooks = self.streamer.attach()
+
+    def place(self) -> None:
+        for module in self.outside:
+            module.to(self.device)
+
+    def release(self) -> None:
+        self.streamer.free_slots()
+        if self.device.type != "cpu":
+            for module in self.outside:
+                module.to(HOST)
+
+    def device_bytes(self) -> int:
+        outside = _bytes(t for m in self.outside for t in list(m.parameters()) + list(m.buffers()))
+        return outside + self.streamer.slot_bytes * self.streamer.num_slots
+
+    def stats(self) -> dict:
+        return self.streamer.stats()
