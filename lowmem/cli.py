@@ -32,7 +32,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command].run(args) or 0
-    except (LowmemError, FileExistsError) as exc:
+    except LowmemError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except torch.OutOfMemoryError as exc:

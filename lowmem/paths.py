@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from lowmem.errors import OutputPathError
 
@@ -28,3 +31,23 @@ def write_text_atomic(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def staged_folder(target: Path) -> Iterator[Path]:
+    """Build a new folder beside `target` and rename it to `target` when the block succeeds; on any
+    failure the half-built folder is removed. `target` must be absent or an empty folder."""
+    target = Path(target)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise OutputPathError(f"{target} already holds something; choose a new folder")
+    if not target.parent.is_dir():
+        raise OutputPathError(f"output folder {target.parent} does not exist; create it first")
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            target.rmdir()
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -8,8 +8,6 @@ goes through the same loading code as a real download, with no network.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +18,7 @@ from lowmem.models.dit_config import TINY_DIT_CONFIG, DiTConfig
 from lowmem.models.layout import DIT_INDEX
 from lowmem.models.tiny_qwen3vl import write_tiny_qwen3vl
 from lowmem.models.vae import write_tiny_vae
+from lowmem.paths import staged_folder
 
 
 def tiny_model_budget(device: torch.device | str) -> str:
@@ -62,11 +61,8 @@ def write_sharded_safetensors(state: dict[str, torch.Tensor], folder: Path, shar
 def write_tiny_model(folder: str | Path, seed: int = 0, dit_config: DiTConfig = TINY_DIT_CONFIG) -> Path:
     """Write a complete tiny model folder at `folder` (atomically: built aside, then renamed)."""
     target = Path(folder)
-    if target.exists() and any(target.iterdir()):
-        raise FileExistsError(f"{target} already holds files; choose an empty or new folder")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staged_folder(target) as staging:
         transformer = staging / "transformer"
         transformer.mkdir()
         (transformer / "config.json").write_text(dit_config.to_json())
@@ -76,10 +72,4 @@ def write_tiny_model(folder: str | Path, seed: int = 0, dit_config: DiTConfig = 
         (staging / "vae").mkdir()
         write_tiny_vae(staging / "vae" / "Wan2.1_VAE.pth", seed=seed)  # no config: width read off the file
         write_tiny_qwen3vl(staging / "text_encoder", seed=seed, hidden_size=dit_config.text_states_dim)
-        if target.exists():
-            target.rmdir()
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lowmem.errors import CorruptCheckpointError, ModelFolderError
+from lowmem.errors import CorruptCheckpointError, ModelFolderError, OutputPathError
 from lowmem.models.dit_loading import load_dit
 from lowmem.models.layout import DIT_INDEX, open_model_folder
 from lowmem.testing import tiny_dit_state_dict, write_tiny_model
@@ -39,7 +39,7 @@ def test_write_tiny_model_is_seeded(tmp_path: Path):
     b = write_tiny_model(tmp_path / "b", seed=3)
     for name in ("diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model-00002-of-00002.safetensors"):
         assert (a / "transformer" / name).read_bytes() == (b / "transformer" / name).read_bytes()
-    with pytest.raises(FileExistsError):
+    with pytest.raises(OutputPathError, match="already holds something"):
         write_tiny_model(a)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -24,10 +23,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from lowmem.errors import CorruptCheckpointError, ModelFolderError, OutputPathError
+from lowmem.errors import CorruptCheckpointError, ModelFolderError
 from lowmem.models.dit import build_dit
 from lowmem.models.dit_config import DiTConfig
 from lowmem.models.layout import DIT_INDEX, open_model_folder
+from lowmem.paths import staged_folder
 
 PEFT_PREFIX = "base_model.model."
 DEFAULT_SHARD_BYTES = 5 * 10**9
@@ -136,10 +136,6 @@ def import_official(
     """Write the lowmem model folder `out` from the official release's files (see the module doc).
     `config` overrides the configuration inferred from the shapes (the RoPE split is not in them)."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OutputPathError(f"{out} already holds something; choose a new folder")
-    if not out.parent.is_dir():
-        raise OutputPathError(f"output folder {out.parent} does not exist; create it first")
     if not Path(vae).is_file():
         raise ModelFolderError(f"VAE file {vae} does not exist; pass the official Wan2.1_VAE.pth")
     if not (Path(text_encoder) / "config.json").is_file():
@@ -149,8 +145,7 @@ def import_official(
     config = config or infer_dit_config(state)
     expected = {k: v.shape for k, v in build_dit(config, device="meta").state_dict().items()}
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:
         transformer = staging / "transformer"
         transformer.mkdir()
         (transformer / "config.json").write_text(config.to_json())
@@ -180,12 +175,6 @@ def import_official(
             if file.is_file():
                 _link_or_copy(file, staging / "text_encoder" / file.relative_to(text_encoder))
         open_model_folder(staging)  # the result must read back as a model folder
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 
