@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib import metadata
 from typing import Optional, Sequence
 
 import torch
@@ -22,6 +23,7 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lowmem", description="SpatialEdit-16B geometric image editing on limited memory")
+    parser.add_argument("--version", action="version", version=f"lowmem {metadata.version('lowmem')}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module in COMMANDS.items():
         module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP))
