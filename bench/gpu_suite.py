@@ -17,6 +17,7 @@ Prints a table last and writes gpu_suite.json + gpu_suite.txt to --out-dir when 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -142,21 +143,37 @@ def timed(step: Callable[[], torch.Tensor], device: torch.device, repeats: int) 
 
 
 def run_case(case: Case, config: DiTConfig, resolution: int, device: torch.device, repeats: int) -> dict:
+    """One configuration, measured; every tensor it made is freed before the next one is built."""
     cuda = device.type == "cuda"
     total = torch.cuda.get_device_properties(device).total_memory if cuda else 0
     cap = (CAP_BYTES if case.capped else total) if cuda else 0
     if cuda:
-        torch.cuda.empty_cache()
         torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
         torch.cuda.reset_peak_memory_stats(device)
     row = {"case": case.name, "precision": case.precision, "capped": case.capped, "spot": case.spot,
            "cap_bytes": cap if case.capped else None}
-    dit = offloaded = None
     try:
-        # On the CPU smoke run there is no cap to emulate: "capped" cases stream half the blocks instead.
-        budget = cap if cuda else 64 * GIB
-        max_resident = None if cuda or not case.capped else config.mm_double_blocks_depth // 2
-        dit, plan, offloaded = build_model(config, case.precision, device, budget, case.spot, resolution, max_resident)
+        measure(case, config, resolution, device, repeats, cap, row)
+    except torch.cuda.OutOfMemoryError as exc:
+        row["error"] = f"out of memory: {str(exc).splitlines()[0]}"
+    except BudgetError as exc:
+        row["error"] = f"planner refused: {exc}"
+    # The DiT and its streamer reference each other (dit.block_runner -> streamer -> blocks): only
+    # the cycle collector frees the case's GPU memory, once `measure`'s frame is gone.
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return row
+
+
+def measure(case: Case, config: DiTConfig, resolution: int, device: torch.device, repeats: int, cap: int, row: dict) -> None:
+    """Build the case's model under its plan and time its step; results go into `row`."""
+    cuda = device.type == "cuda"
+    # On the CPU smoke run there is no cap to emulate: "capped" cases stream half the blocks instead.
+    budget = cap if cuda else 64 * GIB
+    max_resident = None if cuda or not case.capped else config.mm_double_blocks_depth // 2
+    dit, plan, offloaded = build_model(config, case.precision, device, budget, case.spot, resolution, max_resident)
+    try:
         row.update(plan=plan.summary(), resident_blocks=len(plan.dit.resident_blocks), blocks=plan.dit.num_blocks)
         latents, text, mask, t = inputs(config, resolution, device)
         spot = DiTSpotModel(dit)
@@ -176,17 +193,8 @@ def run_case(case: Case, config: DiTConfig, resolution: int, device: torch.devic
         if cuda:
             row["peak_allocated"] = torch.cuda.max_memory_allocated(device)
             row["within_cap"] = row["peak_allocated"] <= cap
-    except torch.cuda.OutOfMemoryError as exc:
-        row["error"] = f"out of memory: {str(exc).splitlines()[0]}"
-    except BudgetError as exc:
-        row["error"] = f"planner refused: {exc}"
     finally:
-        if offloaded is not None:
-            offloaded.close()
-        del dit, offloaded
-        if cuda:
-            torch.cuda.empty_cache()
-    return row
+        offloaded.close()
 
 
 def ratios(rows: list[dict]) -> dict[str, float]:
