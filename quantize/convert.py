@@ -128,6 +128,8 @@ def convert(
     if not components:
         raise LowmemError("nothing to quantize: --component must be dit, vlm or all")
     folder = open_model_folder(model)
+    if folder.is_quantized:
+        raise LowmemError(f"{folder.root} is already a `lowmem quantize` folder; quantize the original model folder instead")
     out = Path(out).expanduser()
     _check_out(out)
     partial = out.with_name(out.name + ".partial")

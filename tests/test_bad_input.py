@@ -220,3 +220,9 @@ def test_import_missing_checkpoint(tiny_model, tmp_path, capsys):
                                 "--text-encoder", str(tiny_model / "text_encoder"), "--out", str(tmp_path / "m")]), capsys)
     assert "none.pt does not exist" in line
     assert not (tmp_path / "m").exists()
+
+
+def test_quantize_an_already_quantized_folder(quantized_model, tmp_path, capsys):
+    line = one_line_error(main(["quantize", str(quantized_model), "--scheme", "int8", "--out", str(tmp_path / "q2")]), capsys)
+    assert "already a `lowmem quantize` folder" in line
+    assert not (tmp_path / "q2").exists()
