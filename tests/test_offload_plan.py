@@ -145,3 +145,24 @@ def test_cli_plan_bad_input_is_one_line(capsys):
     assert "budget of at least" in capsys.readouterr().err
     assert main(["plan", "--preset", "nope"]) == 2
     assert "available:" in capsys.readouterr().err
+
+
+def test_a_resident_conditioner_is_counted_in_every_phase(full_meta):
+    plan = plan_for(full_meta, "80GB", 1024, "bf16", False, device="cuda")
+    assert plan.vlm.placement == "resident"
+    for phase, items in plan.estimate.phases.items():
+        assert items.get("vlm weights") == plan.vlm.weight_bytes, phase
+    assert plan.estimate.peak <= plan.budget
+    # 24 GB: evicted after the prompt, so only the prompt phase holds it
+    small = plan_for(full_meta, "24GB", 1024, "nf4", True, device="cuda")
+    assert small.vlm.placement == "run-then-evicted"
+    assert [p for p, items in small.estimate.phases.items() if "vlm weights" in items] == ["encode prompt"]
+
+
+def test_the_conditioner_is_planned_in_the_runs_quantization(full_meta):
+    bf16 = plan_for(full_meta, "80GB", 1024, "bf16", False, device="cuda").vlm
+    nf4 = plan_for(full_meta, "80GB", 1024, "nf4", False, device="cuda").vlm
+    int8 = plan_for(full_meta, "80GB", 1024, "int8", False, device="cuda").vlm
+    assert (bf16.precision, int8.precision, nf4.precision) == ("bf16", "int8", "nf4")
+    assert nf4.weight_bytes < int8.weight_bytes < bf16.weight_bytes
+    assert 7e9 < nf4.weight_bytes < 8e9 and 17e9 < bf16.weight_bytes < 18e9

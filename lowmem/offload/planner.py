@@ -32,6 +32,8 @@ VAE_CHANNELS = 96
 VAE_LIVE_TENSORS = 10
 VAE_TILES = (512, 384, 256, 192, 128)
 QWEN3_VL_8B_PARAMS = 8_770_000_000
+# Its 36 decoder layers; the rest (vision tower, embeddings, lm_head, norms) stays bf16 when quantized.
+QWEN3_VL_8B_LAYER_PARAMS = 6_950_000_000
 QWEN3_VL_HIDDEN = 4096
 WAN21_VAE_PARAMS = 127_000_000
 NF4_BYTES = 0.53  # 4 bits + one absmax per 64 (double-quantised) + packing slack
@@ -173,7 +175,9 @@ def _solve(a: _Args) -> Plan:
     block = max(blocks) if blocks else 0
     full = isinstance(a.model, DiTConfig) and a.model == FULL_DIT_CONFIG or (
         isinstance(a.model, nn.Module) and getattr(a.model, "config", None) == FULL_DIT_CONFIG)
-    vlm_bytes = a.vlm_bytes if a.vlm_bytes is not None else (QWEN3_VL_8B_PARAMS * 2 if full else 0)
+    # `lowmem quantize` and --quantization quantize the conditioner's decoder layers with the DiT.
+    vlm_precision = precision if precision in ("int8", "nf4") else "bf16"
+    vlm_bytes = a.vlm_bytes if a.vlm_bytes is not None else (_qwen3_vl_bytes(vlm_precision) if full else 0)
     vae_weights = a.vae_bytes if a.vae_bytes is not None else (WAN21_VAE_PARAMS * 4 if full else 0)
     act_bytes = 2 if cuda else 4  # bf16 compute on CUDA, float32 on CPU
     image_tokens = (a.resolution // 16) ** 2
@@ -250,8 +254,13 @@ def _solve(a: _Args) -> Plan:
         tile = next((t for t in VAE_TILES if t < a.resolution and base_decode + _tile_bytes(t) <= usable), VAE_TILES[-1])
     tiled = tile is not None and tile < a.resolution
     decode_act = _tile_bytes(tile) if tiled else _vae_bytes(pixels)
-    vlm_resident = reserve + vlm_bytes + other + dit_resident + slot_bytes + vae_weights + vlm_act <= usable
+    # The conditioner stays resident only if it fits beside the DiT's device part in every phase:
+    # while encoding the prompt, and through the image encode, denoising and decoding that follow.
+    dit_part = other + dit_resident + slot_bytes
+    later_peak = max(sum(denoise.values()), base_decode + decode_act, reserve + dit_part + vae_weights + _vae_bytes(pixels))
+    vlm_resident = bool(vlm_bytes) and max(later_peak, reserve + dit_part + vae_weights + vlm_act) + vlm_bytes <= usable
     vlm_placement = "resident" if vlm_resident else "run-then-evicted"
+    resident_vlm = {"vlm weights": vlm_bytes} if vlm_resident else {}
     # When the conditioner and the DiT do not fit together, the DiT's device part is placed after
     # encoding and released after decoding, so encoding sees an (almost) empty device.
     dit_during_encode = {"dit other weights": other, "dit resident blocks": dit_resident, "dit slots": slot_bytes}
@@ -268,11 +277,12 @@ def _solve(a: _Args) -> Plan:
             encode["vlm weights"] = 3 * layer  # streamed layer by layer through 3 slots, then evicted
             notes.append("the conditioner does not fit whole: it is streamed layer by layer, then evicted")
         phases["encode prompt"] = encode
-    phases["encode image"] = {"runtime reserve": reserve, **dit_during_encode, "vae weights": vae_weights,
+    phases["encode image"] = {"runtime reserve": reserve, **resident_vlm, **dit_during_encode, "vae weights": vae_weights,
                               "vae encode": _vae_bytes(pixels)}
-    phases["denoise"] = denoise
-    phases["decode"] = {"runtime reserve": reserve, "dit other weights": other, "dit resident blocks": dit_resident,
-                        "dit slots": slot_bytes, "vae weights": vae_weights, "vae decode": decode_act}
+    phases["denoise"] = {**resident_vlm, **denoise}
+    phases["decode"] = {"runtime reserve": reserve, **resident_vlm, "dit other weights": other,
+                        "dit resident blocks": dit_resident, "dit slots": slot_bytes, "vae weights": vae_weights,
+                        "vae decode": decode_act}
     if k < 0 or resident_count(cache_placement == "device", slots) < 0:
         phases["denoise"]["dit slots"] = max(slot_bytes, block)  # cannot hold even one slot
     phases = {name: {k: v for k, v in items.items() if v} for name, items in phases.items()}
@@ -284,12 +294,19 @@ def _solve(a: _Args) -> Plan:
     )
     return Plan(
         device=a.device, budget=a.budget, resolution=a.resolution, image_tokens=image_tokens, text_tokens=a.text_tokens,
-        vlm=ComponentPlan(precision="bf16", placement=vlm_placement, weight_bytes=vlm_bytes),
+        vlm=ComponentPlan(precision=vlm_precision, placement=vlm_placement, weight_bytes=vlm_bytes),
         dit=dit,
         vae=VAEPlan(precision="fp32", placement="resident", weight_bytes=vae_weights, tiled=tiled, tile=tile if tiled else None),
         spotedit=SpotEditPlan(enabled=a.spotedit, cache_placement=cache_placement, cache_bytes=cache_per_block * n),
         estimate=MemoryEstimate(phases=phases), preset=a.preset, notes=notes,
     )
+
+
+def _qwen3_vl_bytes(precision: str) -> int:
+    """Qwen3-VL-8B's weight bytes with its decoder layers in `precision` and the rest in bf16."""
+    per_param = {"bf16": 2.0, "int8": 1.0, "nf4": NF4_BYTES}[precision]
+    layers = QWEN3_VL_8B_LAYER_PARAMS
+    return int((QWEN3_VL_8B_PARAMS - layers) * 2 + layers * per_param)
 
 
 def _tile_bytes(tile: Optional[int]) -> int:
