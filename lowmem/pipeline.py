@@ -138,8 +138,9 @@ class SpatialEditPipeline:
             states, mask = states.to(self.device), mask.to(self.device)
         with report.phase("encode image", announce=progress):
             condition = self.vae.encode(to_model_tensor(source).to(self.device), generator=generator)
-        with report.phase("denoise", announce=progress), (offload.denoising() if offload else nullcontext()):
-            if spot is not None and spot.enabled:
+        spotting = spot is not None and spot.enabled
+        with report.phase("denoise", announce=progress), (offload.denoising(spotting) if offload else nullcontext()):
+            if spotting:
                 if offload and spot.cache_device is None:
                     spot = replace(spot, cache_device=offload.spot_cache_device())
                 latents, outcome = spot_denoise(self.dit, self.vae, condition, states, mask, steps, guidance, generator,

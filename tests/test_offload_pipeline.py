@@ -98,3 +98,19 @@ def test_conditioner_streamed_by_layer_gives_the_same_image(tiny_model, tiny_pip
     stats = pipe.offload.vlm.stats()
     assert stats["streamed_blocks"] == len(pipe.conditioner.decoder_layers) and stats["bytes_streamed"] > 0
     assert pipe.offload.vlm.streamer.slots is None
+
+
+def test_spotedit_caches_are_counted_in_the_ledger_while_denoising(tiny_model, scene):
+    from lowmem.spotedit import SpotConfig
+
+    pipe = lowmem.load(tiny_model, memory_budget="300MB", device="cpu", resolution=64, spot=True)
+    caches = pipe.offload.plan.estimate.phases["denoise"]["spotedit caches"]
+    assert caches > 0
+    ledger = pipe.offload.ledger
+    placed = []
+    place = ledger.place
+    ledger.place = lambda name, nbytes: (placed.append((name, nbytes)), place(name, nbytes))[1]
+    pipe.edit(scene, "rotate the object", steps=2, resolution=64, progress=False, spot=SpotConfig(threshold="auto"))
+    assert ("spotedit caches (estimate)", caches) in placed
+    assert ledger.peak <= pipe.offload.plan.budget
+    assert "spotedit caches (estimate)" not in pipe.offload.ledger.items  # released after denoising

@@ -13,8 +13,6 @@ from typing import Optional
 
 import torch
 
-from lowmem.offload.budget import format_bytes
-
 
 @dataclass
 class MemoryLedger:
@@ -46,21 +44,3 @@ class MemoryLedger:
         if self.device.startswith("cuda") and torch.cuda.is_available():
             return int(torch.cuda.max_memory_allocated())
         return None
-
-    def summary(self) -> dict:
-        out = {"ledger_peak_bytes": self.peak, "ledger_peak_items": self.peak_items}
-        if self.budget is not None:
-            out["budget_bytes"] = self.budget
-        measured = self.measured_peak()
-        if measured is not None:
-            out["measured_peak_bytes"] = measured
-        return out
-
-    def format(self) -> str:
-        text = f"ledger peak {format_bytes(self.peak)}"
-        if self.budget is not None:
-            text += f" of budget {format_bytes(self.budget)}"
-        measured = self.measured_peak()
-        if measured is not None:
-            text += f", torch.cuda.max_memory_allocated {format_bytes(measured)}"
-        return text

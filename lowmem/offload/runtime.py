@@ -69,14 +69,18 @@ class OffloadRuntime:
                 self.ledger.release("vlm weights")
 
     @contextmanager
-    def denoising(self) -> Iterator[None]:
+    def denoising(self, spot: bool = False) -> Iterator[None]:
+        """The DiT's device part placed; with `spot`, SpotEdit's K/V caches counted where the plan put them."""
         if not self.dit.placed:
             self.dit.place()
         self.ledger.place("dit activations (estimate)", self.plan.estimate.phases["denoise"].get("dit activations", 0))
+        if spot:
+            self.ledger.place("spotedit caches (estimate)", self.plan.estimate.phases["denoise"].get("spotedit caches", 0))
         try:
             yield
         finally:
             self.ledger.release("dit activations (estimate)")
+            self.ledger.release("spotedit caches (estimate)")
 
     @contextmanager
     def decoding(self) -> Iterator[None]:
