@@ -149,7 +149,3 @@ def weight_error(reference: torch.Tensor, approx: torch.Tensor) -> tuple[float, 
     rel = noise / signal if signal > 0 else math.inf
     sqnr = 20.0 * math.log10(signal / noise) if signal > 0 else -math.inf
     return rel, sqnr
-
-
-def stored_bytes(tensors: dict[str, torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors.values())

@@ -171,9 +171,6 @@ class BlockStreamer:
         return handles
 
     # -- bookkeeping -----------------------------------------------------------------------------
-    def resident_bytes(self) -> int:
-        return sum(sum(t.numel() * t.element_size() for t in BlockLayout(self.blocks[i]).tensors()) for i in self.resident)
-
     def stats(self) -> dict:
         return {
             "streamed_blocks": len(self.streamed),
