@@ -85,8 +85,8 @@ def dit_parts(folder: ModelFolder, device: torch.device | str = "cpu", dtype: to
     quantized on the fly when `quantization` is given, or from an original folder as stored."""
     device = torch.device(device)
     model, _ = meta_dit(folder, dtype=dtype)
-    if folder.is_quantized and read_manifest(folder.root)["dit"].get("quantized"):
-        part = read_manifest(folder.root)["dit"]
+    part = read_manifest(folder.root)["dit"] if folder.is_quantized else {}
+    if part.get("quantized"):
         for (scheme, backend), modules in _quantized_modules(part["tensors"]).items():
             swap_linears(model, modules, scheme, backend)
 

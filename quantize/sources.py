@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from torch import nn
 
 from lowmem.errors import CorruptCheckpointError, ModelFolderError
-from lowmem.models.dit_loading import IGNORED_PREFIXES, read_dit_config
+from lowmem.models.dit_loading import IGNORED_PREFIXES, open_shard, read_dit_config
 from lowmem.models.layout import ModelFolder
 
 VLM_INDEX = "model.safetensors.index.json"
@@ -29,13 +29,6 @@ class ComponentSource:
 
     def names(self) -> list[str]:
         return list(self.shards)
-
-
-def open_shard(path: Path):
-    try:
-        return safe_open(str(path), "pt", device="cpu")
-    except (SafetensorError, OSError) as exc:
-        raise CorruptCheckpointError(f"{path} is truncated or corrupt ({exc}); re-download or re-convert it") from exc
 
 
 def read_tensor(path: Path, name: str) -> torch.Tensor:

@@ -40,7 +40,8 @@ def load_under_plan(
 
     if preset is not None and quantization is None and not folder.is_quantized:
         # A preset planned for int8/nf4 weights gets them: quantized while loading.
-        quantization = {"int8": "int8", "nf4": "nf4"}.get(load_preset(preset).quantization)
+        planned_for = load_preset(preset).quantization
+        quantization = planned_for if planned_for in ("int8", "nf4") else None
     precision = folder_precision(folder, dtype, quantization)  # what the weights will really be
     preflight_plan(folder, memory_budget, resolution, precision, spot, preset, device)  # refuse before reading
 
