@@ -16,12 +16,12 @@ from torch import nn
 
 from lowmem.errors import CorruptCheckpointError
 from lowmem.models.dit_loading import DiTCheckpoint, Selection, check_filled, everything
-from lowmem.models.layout import ModelFolder, open_model_folder
+from lowmem.models.layout import ModelFolder, open_model_folder, open_shard
 from quantize.linear import QuantizedLinear
 from quantize.manifest import read_manifest
 from quantize.plan import default_skip, quantizable_linears, swap_linears
 from quantize.schemes import check_scheme
-from quantize.sources import ComponentSource, check_names, dit_source, meta_dit, meta_vlm, open_shard, vlm_source
+from quantize.sources import ComponentSource, check_names, dit_source, meta_dit, meta_vlm, vlm_source
 
 
 def assign_tensor(model: nn.Module, key: str, tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> None:

@@ -15,8 +15,8 @@ from safetensors import SafetensorError
 from torch import nn
 
 from lowmem.errors import CorruptCheckpointError, ModelFolderError
-from lowmem.models.dit_loading import IGNORED_PREFIXES, open_shard, read_dit_config
-from lowmem.models.layout import ModelFolder
+from lowmem.models.dit_loading import IGNORED_PREFIXES, read_dit_config
+from lowmem.models.layout import ModelFolder, open_shard
 
 VLM_INDEX = "model.safetensors.index.json"
 

@@ -13,13 +13,13 @@ from typing import Callable
 
 import torch
 from accelerate.utils import set_module_tensor_to_device
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from torch import nn
 
 from lowmem.errors import CorruptCheckpointError
 from lowmem.models.dit import SpatialEditDiT, build_dit
 from lowmem.models.dit_config import FULL_DIT_CONFIG, DiTConfig
-from lowmem.models.layout import ModelFolder
+from lowmem.models.layout import ModelFolder, open_shard
 
 # Training-only heads that an official checkpoint may carry; inference never uses them.
 IGNORED_PREFIXES = ("repa_proj.",)
@@ -46,13 +46,6 @@ def read_dit_config(folder: ModelFolder) -> DiTConfig:
     if folder.dit_config_file.exists():
         return DiTConfig.from_file(folder.dit_config_file)
     return FULL_DIT_CONFIG
-
-
-def open_shard(path: Path):
-    try:
-        return safe_open(path, "pt", device="cpu")
-    except (SafetensorError, OSError) as exc:
-        raise CorruptCheckpointError(f"{path} is truncated or corrupt ({exc}); re-download or re-convert it") from exc
 
 
 def check_filled(model: nn.Module, select: Selection, what: str) -> None:

@@ -18,7 +18,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from lowmem.errors import ModelFolderError
+from safetensors import SafetensorError, safe_open
+
+from lowmem.errors import CorruptCheckpointError, ModelFolderError
 
 DIT_INDEX = "diffusion_pytorch_model.safetensors.index.json"
 DIT_SINGLE = "diffusion_pytorch_model.safetensors"
@@ -56,11 +58,17 @@ class ModelFolder:
             return shards
         single = self.transformer / DIT_SINGLE
         if single.exists():
-            from safetensors import safe_open
-
-            with safe_open(single, "pt") as f:
+            with open_shard(single) as f:
                 return {name: single for name in f.keys()}
         raise ModelFolderError(f"{self.transformer} holds neither {DIT_INDEX} nor {DIT_SINGLE}")
+
+
+def open_shard(path: Path):
+    """A safetensors reader (mmap) for `path`, or one CorruptCheckpointError saying to re-fetch it."""
+    try:
+        return safe_open(path, "pt", device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise CorruptCheckpointError(f"{path} is truncated or corrupt ({exc}); re-download or re-convert it") from exc
 
 
 def open_model_folder(path: str | Path) -> ModelFolder:
