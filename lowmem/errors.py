@@ -21,6 +21,10 @@ class InputImageError(LowmemError, ValueError):
     """An input image that cannot be read."""
 
 
+class ResolutionError(LowmemError, ValueError):
+    """A working resolution the model cannot use (sides must be multiples of 16)."""
+
+
 class OutputPathError(LowmemError, OSError):
     """An output path whose folder is missing, or that exists and would be overwritten."""
 

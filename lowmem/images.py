@@ -1,20 +1,28 @@
-"""Image I/O for the pipeline: reading with clear errors, bucket resizing, tensors, atomic saving."""
+"""Image I/O for the pipeline: reading with clear errors, the official input buckets, tensors, atomic saving."""
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from lowmem.errors import InputImageError
+from lowmem.errors import InputImageError, InstructionError, ResolutionError
 from lowmem.paths import check_output_path
 
+# The official demo's input rule (`_dynamic_resize_from_bucket` in the public SpatialEdit code): pick
+# the bucket of closest aspect ratio from a table built around the base size, scale the image with
+# PIL bilinear (antialiased) until it covers the bucket, centre-crop. It is part of the model's input
+# interface, reproduced exactly; tests/test_images.py pins the table. The official table exists for
+# base sizes 256, 512, 768 and 1024 (the demo uses 1024).
 # VAE downsamples 8x and the DiT patches 2x2 latents: image sides must be multiples of 16.
 SIDE_MULTIPLE = 16
+MAX_ASPECT = 4.0
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -30,17 +38,92 @@ def load_image(path: str | Path) -> Image.Image:
         raise InputImageError(f"{path} is not a readable image ({exc}); pass a PNG, JPEG or WebP file") from exc
 
 
-def bucket_size(width: int, height: int, resolution: int) -> tuple[int, int]:
-    """(w, h) with about resolution^2 pixels, the input's aspect ratio, sides multiples of 16."""
-    scale = (resolution * resolution / (width * height)) ** 0.5
-    w = max(SIDE_MULTIPLE, round(width * scale / SIDE_MULTIPLE) * SIDE_MULTIPLE)
-    h = max(SIDE_MULTIPLE, round(height * scale / SIDE_MULTIPLE) * SIDE_MULTIPLE)
-    return w, h
+def bucket_table(base_size: int = 1024) -> tuple[tuple[int, int], ...]:
+    """The buckets (width, height) for `base_size`, in the official order (ties go to the first).
+
+    Officially: a staircase of sizes on a 16 px grid with at most 256^2 pixels and aspect ratio at
+    most 4, scaled by base_size // 256. The staircase is scale invariant, so this walks it directly
+    on a base_size / 16 grid, which gives the same table. Base sizes that are not multiples of 256
+    (the tiny test models use 64) have no official table; they walk the finest grid the model
+    accepts (16 px) with the same rule.
+    """
+    if base_size < 64 or base_size % SIDE_MULTIPLE:
+        raise ResolutionError(f"resolution must be a multiple of {SIDE_MULTIPLE} and at least 64, got {base_size}")
+    step = base_size // 16 if base_size % 256 == 0 else SIDE_MULTIPLE
+    target = base_size * base_size
+    height, width = target // step, step
+    table = []
+    while height >= step:
+        if max(height, width) / min(height, width) <= MAX_ASPECT:
+            table.append((width, height))
+        if height * (width + step) <= target:
+            width += step
+        else:
+            height -= step
+    return tuple(table)
 
 
-def resize_to_bucket(image: Image.Image, resolution: int) -> Image.Image:
-    size = bucket_size(*image.size, resolution)
-    return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
+@dataclass(frozen=True)
+class BucketFit:
+    """How one input size maps onto its bucket: resize to `resized` (covering), then crop at `offset`."""
+
+    source: tuple[int, int]  # (width, height) of the input
+    bucket: tuple[int, int]  # (width, height) the model sees
+    resized: tuple[int, int]  # (width, height) after the covering resize
+    offset: tuple[int, int]  # (left, top) of the centre crop in the resized image
+    base_size: int
+
+    def apply(self, image: Image.Image) -> Image.Image:
+        """`image` (of size `source`) resized and cropped to the bucket."""
+        if image.size != self.source:
+            raise ValueError(f"this fit is for a {self.source[0]}x{self.source[1]} image, got {image.size[0]}x{image.size[1]}")
+        if self.resized != self.source:
+            image = image.resize(self.resized, Image.Resampling.BILINEAR)
+        left, top = self.offset
+        return image.crop((left, top, left + self.bucket[0], top + self.bucket[1]))
+
+    def map_box(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        """A box (x0, y0, x1, y1) in input pixels -> the same region in bucket pixels, clipped to it.
+
+        Raises InstructionError when the box lies wholly in the part the centre crop removes."""
+        sx, sy = self.resized[0] / self.source[0], self.resized[1] / self.source[1]
+        left, top = self.offset
+        width, height = self.bucket
+        x0, y0, x1, y1 = box
+        mapped = (min(max(round(x0 * sx) - left, 0), width), min(max(round(y0 * sy) - top, 0), height),
+                  min(max(round(x1 * sx) - left, 0), width), min(max(round(y1 * sy) - top, 0), height))
+        if mapped[2] <= mapped[0] or mapped[3] <= mapped[1]:
+            raise InstructionError(
+                f"box {tuple(box)} lies in the part of the {self.source[0]}x{self.source[1]} image that is cropped away "
+                f"to fit the {width}x{height} bucket (kept: x {left / sx:.0f}..{(left + width) / sx:.0f}, "
+                f"y {top / sy:.0f}..{(top + height) / sy:.0f}); draw it inside that region")
+        return mapped
+
+    def describe(self) -> str:
+        """One line for the run report."""
+        (w, h), (bw, bh) = self.source, self.bucket
+        crop = "" if self.resized == self.bucket else f", resized to {self.resized[0]}x{self.resized[1]} and centre-cropped"
+        return f"{w}x{h} -> {bw}x{bh} (closest-aspect bucket at base {self.base_size}{crop})"
+
+
+def fit_bucket(width: int, height: int, base_size: int = 1024) -> BucketFit:
+    """The official bucket choice and covering resize for a `width` x `height` input."""
+    if width < 1 or height < 1:
+        raise InputImageError(f"the input image is {width}x{height}; it needs at least one pixel each way")
+    aspect = height / width
+    # min() keeps the first of equally close buckets, as the official code does.
+    bw, bh = min(bucket_table(base_size), key=lambda b: abs(b[1] / b[0] - aspect))
+    # The same float expressions as the official code, so ceil() rounds the same way.
+    scale = max(bh / height, bw / width)
+    rw, rh = math.ceil(width * scale), math.ceil(height * scale)
+    # torchvision's centre crop: round() half to even, as Python's round does.
+    offset = (int(round((rw - bw) / 2.0)), int(round((rh - bh) / 2.0)))
+    return BucketFit(source=(width, height), bucket=(bw, bh), resized=(rw, rh), offset=offset, base_size=base_size)
+
+
+def resize_to_bucket(image: Image.Image, base_size: int = 1024) -> Image.Image:
+    """`image` resized and centre-cropped to its official bucket (see `fit_bucket`)."""
+    return fit_bucket(*image.size, base_size).apply(image)
 
 
 def to_model_tensor(image: Image.Image) -> torch.Tensor:

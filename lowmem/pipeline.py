@@ -18,7 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from lowmem.guidance import guided_velocity
-from lowmem.images import load_image, resize_to_bucket, to_model_tensor, to_pil
+from lowmem.images import fit_bucket, load_image, to_model_tensor, to_pil
 from lowmem.instructions import EditInstruction
 from lowmem.models.conditioner import QwenVLConditioner
 from lowmem.models.dit import SpatialEditDiT
@@ -125,9 +125,11 @@ class SpatialEditPipeline:
         if not isinstance(instruction, EditInstruction):
             instruction = EditInstruction(str(instruction))
         source = load_image(image) if isinstance(image, (str, Path)) else image.convert("RGB")
-        source = instruction.prepare_image(resize_to_bucket(source, resolution))
+        fit = fit_bucket(*source.size, base_size=resolution)
+        source = instruction.prepare_image(fit.apply(source))
         report = RunReport(device=str(self.device), dtype=str(self.dtype).removeprefix("torch."), width=source.width,
                            height=source.height, steps=steps, guidance=guidance, seed=seed)
+        report.extra["input"] = fit.describe()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         generator = torch.Generator("cpu").manual_seed(seed)

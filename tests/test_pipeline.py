@@ -28,10 +28,11 @@ def test_edit_is_deterministic_for_a_seed(tiny_pipeline, scene):
     assert not np.array_equal(runs[0], runs[2])
 
 
-def test_non_square_input_keeps_its_aspect(tiny_pipeline, scene):
+def test_non_square_input_goes_to_its_bucket_and_the_report_says_so(tiny_pipeline, scene):
     wide = scene.resize((128, 64))
     result = tiny_pipeline.edit(wide, PROMPT, steps=1, resolution=64, progress=False)
-    assert result.image.size == (96, 48)
+    assert result.image.size == (80, 48)  # the closest-aspect bucket of the 64 px table
+    assert result.report.extra["input"].startswith("128x64 -> 80x48")
 
 
 def test_move_box_is_drawn_on_what_the_model_sees(tiny_pipeline, scene):
