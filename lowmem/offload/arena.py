@@ -1,0 +1,53 @@
+"""One pinned host allocation sized exactly to what is planned, carved into aligned views.
+
+The CUDA pinned allocator rounds every request up to a power of two (an 805.6 MB bf16 block takes
+1 GiB), and frees only when its cache is emptied. An arena is one ordinary (pageable) tensor of
+exactly `arena_bytes(sizes)` bytes that is page-locked in place with `cudaHostRegister` and
+unregistered by `close()`, so the pinned bytes are the planned bytes and they are given back.
+Without a GPU it is a plain tensor (nothing to pin). The planner counts pinned memory with
+`arena_bytes`, the streamer and the resident-weight host copy allocate it with `PinnedArena`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+ALIGN = 256  # every view starts on a 256-byte boundary (any dtype, and the copy engines' preference)
+
+
+def aligned(nbytes: int) -> int:
+    return -(-nbytes // ALIGN) * ALIGN
+
+
+def arena_bytes(sizes: Iterable[int]) -> int:
+    """The exact host bytes an arena holding buffers of these sizes takes."""
+    return sum(aligned(n) for n in sizes)
+
+
+class PinnedArena:
+    """Buffers of `sizes` bytes (uint8 views, in order) in one allocation, page-locked when `pin`."""
+
+    def __init__(self, sizes: Iterable[int], pin: bool):
+        sizes = list(sizes)
+        self.nbytes = arena_bytes(sizes)
+        self.flat = torch.empty(self.nbytes, dtype=torch.uint8)
+        self.pinned = False
+        if pin and self.nbytes:
+            torch.cuda.check_error(torch.cuda.cudart().cudaHostRegister(self.flat.data_ptr(), self.nbytes, 0))
+            self.pinned = True
+        self.views: list[torch.Tensor] = []
+        offset = 0
+        for n in sizes:
+            self.views.append(self.flat[offset : offset + n])
+            offset += aligned(n)
+
+    def close(self) -> None:
+        """Unpin and drop the memory. Only once no copy reads or writes it any more."""
+        if self.pinned:
+            torch.cuda.check_error(torch.cuda.cudart().cudaHostUnregister(self.flat.data_ptr()))
+            self.pinned = False
+        self.views = []
+        self.flat = torch.empty(0, dtype=torch.uint8)
+        self.nbytes = 0
