@@ -22,6 +22,7 @@ from lowmem.images import fit_bucket, load_image, to_model_tensor, to_pil
 from lowmem.instructions import EditInstruction
 from lowmem.models.conditioner import QwenVLConditioner
 from lowmem.models.dit import SpatialEditDiT
+from lowmem.models.joint_attention import TextPadding
 from lowmem.models.layout import open_model_folder
 from lowmem.models.scheduler import make_scheduler
 from lowmem.models.vae import WanVAE, load_folder_vae
@@ -137,7 +138,8 @@ class SpatialEditPipeline:
         offload = self.offload
         with report.phase("encode prompt", announce=progress), (offload.encoding() if offload else nullcontext()):
             states, mask = self.conditioner.encode([source], instruction.text)
-            states, mask = states.to(self.device), mask.to(self.device)
+            # The padding of [uncond ; cond] is read here, once per edit, not in every DiT forward.
+            states, mask = states.to(self.device), TextPadding.from_mask(mask)
         with report.phase("encode image", announce=progress):
             condition = self.vae.encode(to_model_tensor(source).to(self.device), generator=generator)
         spotting = spot is not None and spot.enabled
@@ -161,7 +163,7 @@ class SpatialEditPipeline:
         self,
         condition: torch.Tensor,
         states: torch.Tensor,
-        mask: torch.Tensor,
+        mask: TextPadding,
         steps: int,
         guidance: float,
         generator: torch.Generator,

@@ -67,7 +67,7 @@ def test_full_size_dit_block_with_cfg_at_1024():
     txt = torch.empty(2, 256, hidden, device=META, dtype=torch.bfloat16)
     cos = torch.empty(tokens, hidden // 32, device=META)
     ctx = BlockContext(vec=torch.empty(2, 6, hidden, device=META, dtype=torch.bfloat16), rope_cos=cos,
-                       rope_sin=cos, text_key_mask=None)
+                       rope_sin=cos)
     peak = trace_peak(lambda: block(img, txt, ctx))
     mlp_hidden = 2 * tokens * 4 * hidden * 2  # one (B, N, 4*hidden) bf16 tensor
     assert 2 * mlp_hidden <= peak < 2 * tokens * tokens * 32 * 2  # holds the MLP, never the scores

@@ -232,6 +232,7 @@ class QwenVLConditioner:
         inputs = self._processor(
             text=[text], images=images or None, return_tensors="pt", padding=False
         )
+        mask = inputs["attention_mask"][0].bool()  # stays on the host: the DiT reads the padding there
         device = self.device
         inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
         if "pixel_values" in inputs:
@@ -239,7 +240,6 @@ class QwenVLConditioner:
         # The inner Qwen3VLModel: same states, without computing vocabulary logits.
         out = self.model.model(**inputs, output_hidden_states=True, use_cache=False, return_dict=True)
         states = out.hidden_states[-1][0]
-        mask = inputs["attention_mask"][0].bool()
         drop = self.drop_count
         states, mask = states[drop:], mask[drop:]
         if states.shape[0] > self.max_length:  # keep the last tokens, as the official code does
@@ -249,8 +249,8 @@ class QwenVLConditioner:
     def encode(self, images: list, instruction: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode ``images`` + ``instruction``.
 
-        Returns (states (2, L, D), mask (2, L) bool), rows [unconditional ; conditional], right
-        padded with zeros to one length.
+        Returns (states (2, L, D), mask (2, L) bool on the host), rows [unconditional ; conditional],
+        right padded with zeros to one length.
         """
         images = list(images)
         uncond = self._encode_one(self.build_prompt("", len(images)), images)

@@ -19,6 +19,7 @@ from torch import nn
 
 from lowmem.models.dit_block import BlockContext, KVHook, MMDoubleStreamBlock
 from lowmem.models.dit_config import DiTConfig
+from lowmem.models.joint_attention import TextPadding
 from lowmem.models.rope import grid_rope
 
 
@@ -102,16 +103,17 @@ class SpatialEditDiT(nn.Module):
         self,
         timestep: torch.Tensor,
         text_states: torch.Tensor,
-        text_mask: Optional[torch.Tensor],
+        text_mask: Optional[torch.Tensor | TextPadding],
         grid: TokenGrid,
         kv_hook: Optional[KVHook] = None,
     ) -> tuple[torch.Tensor, BlockContext]:
-        """Embedded text tokens and the per-forward context shared by all blocks."""
+        """Embedded text tokens and the per-forward context shared by all blocks. `text_mask` is the
+        conditioner's (B, L_txt) bool mask or, in a sampling loop, its `TextPadding` read once per
+        edit (a mask tensor is read on the host here: a device sync when it lives on the device)."""
         vec, txt = self.condition_embedder(timestep, text_states.to(self.dtype))
         cos, sin = grid_rope((grid.items, grid.height, grid.width), self.config.rope_dim_list, self.config.theta, txt.device)
-        if text_mask is not None and bool(text_mask.all()):
-            text_mask = None  # no padding: skip the mask so SDPA can take its fastest kernel
-        return txt, BlockContext(vec=vec, rope_cos=cos, rope_sin=sin, text_key_mask=text_mask, kv_hook=kv_hook)
+        padding = TextPadding.from_mask(text_mask) if isinstance(text_mask, torch.Tensor) else text_mask
+        return txt, BlockContext(vec=vec, rope_cos=cos, rope_sin=sin, text_padding=padding, kv_hook=kv_hook)
 
     def head(self, img_target: torch.Tensor, grid: TokenGrid) -> torch.Tensor:
         """Target tokens (B, h*w, hidden) -> velocity (B, C, 1, H, W), unpatchified as `unpatchify_new`."""
@@ -127,7 +129,7 @@ class SpatialEditDiT(nn.Module):
         latents: torch.Tensor,
         timestep: torch.Tensor,
         text_states: torch.Tensor,
-        text_mask: Optional[torch.Tensor] = None,
+        text_mask: Optional[torch.Tensor | TextPadding] = None,
     ) -> torch.Tensor:
         """Velocity of the target item. timestep is in [0, 1000] (sigma * 1000), one per batch row."""
         img, grid = self.embed_image(latents)

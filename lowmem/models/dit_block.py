@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.attention import FeedForward
 from torch import nn
 
+from lowmem.models.joint_attention import TextPadding, joint_attention
 from lowmem.models.rope import apply_rope
 
 # (block_index, image_k, image_v) -> (keys, values) to attend over in place of the image K/V.
@@ -62,7 +62,7 @@ class BlockContext:
     vec: torch.Tensor  # (B, 6, hidden) time modulation vector
     rope_cos: torch.Tensor  # (L_img, head_dim) or (B, L_img, head_dim)
     rope_sin: torch.Tensor
-    text_key_mask: Optional[torch.Tensor]  # (B, L_txt) bool, None when no text padding
+    text_padding: Optional[TextPadding] = None  # padded text tokens per row (host), None: no padding
     kv_hook: Optional[KVHook] = None
 
 
@@ -110,11 +110,7 @@ class MMDoubleStreamBlock(nn.Module):
         q = torch.cat((img_q, txt_q), dim=1).transpose(1, 2)
         k = torch.cat((img_k, txt_k), dim=1).transpose(1, 2)
         v = torch.cat((img_v, txt_v), dim=1).transpose(1, 2)
-        mask = None
-        if ctx.text_key_mask is not None:
-            image_keys = ctx.text_key_mask.new_ones(img_k.shape[0], img_k.shape[1])
-            mask = torch.cat((image_keys, ctx.text_key_mask), dim=1)[:, None, None, :]
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).flatten(2)
+        attn = joint_attention(q, k, v, ctx.text_padding)
 
         n_img = img.shape[1]
         img = self._update("img", img, attn[:, :n_img], img_mods)
