@@ -7,10 +7,11 @@ through safetensors and a streamer can re-point it to views of a device buffer:
     nf4   4-bit, blocks/groups of 64 weights  qweight uint8 (packed)     scale (+ shift) per group
 
 Backends: "bnb" (bitsandbytes.functional: int8_vectorwise_quant / quantize_4bit with the NF4 code)
-and "quanto" (optimum-quanto: qint8 per-axis absmax / qint4 affine groups of 64, unpacked and
-rescaled by quanto's own dequantizer). quanto has no NF4 code book: its "nf4" is 4-bit affine
-(scale + zero shift per 64 weights), the same bits per weight. Dequantization returns the dense
-weight in the requested dtype; a Linear then runs a plain F.linear on it.
+and "quanto" (optimum-quanto: qint8 per-axis absmax / qint4 affine groups of 64). quanto has no NF4
+code book: its "nf4" is 4-bit affine (scale + zero shift per 64 weights), the same bits per weight.
+Dequantization returns the dense weight in the requested dtype in one pass (bnb's 4-bit kernel, or
+torch ops that equal the libraries' arithmetic; quanto's extension kernels are never used, since
+they JIT-compile on first use); a Linear then runs a plain F.linear on it.
 """
 
 from __future__ import annotations
@@ -108,35 +109,74 @@ def _nf4_code(device: str) -> torch.Tensor:
     return bnbf.get_4bit_type("nf4", device=device)
 
 
+# Work that needs a temporary (the nibbles of a 4-bit weight; on the CPU, TensorIterator's casts of
+# mixed-dtype operands) is done this many elements at a time, so the scratch stays a few MB
+# whatever the weight's size. Elsewhere the casts happen inside the kernel and no scratch exists.
+CHUNK_ELEMENTS = 1 << 22
+INT8_STEP = 1.0 / 127.0  # bitsandbytes' int8 row scale is the row's absmax: code 127 is that value
+
+
+def _row_chunks(rows: int, row_elements: int):
+    step = max(1, CHUNK_ELEMENTS // max(1, row_elements))
+    for start in range(0, rows, step):
+        yield start, min(start + step, rows)
+
+
+def _int8_rows(q: torch.Tensor, row_scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """q (out, in) int8 times a float32 scale per row, written once into a (out, in) `dtype` tensor:
+    the product is formed in float32 inside the kernel and rounded once to `dtype`, as the library
+    computes it, without its float32 copy of the whole weight."""
+    out = torch.empty(q.shape, dtype=dtype, device=q.device)
+    row_scale = row_scale.reshape(-1, 1)
+    for start, stop in _row_chunks(q.shape[0], q.shape[1]):
+        torch.mul(q[start:stop], row_scale[start:stop], out=out[start:stop])
+    return out
+
+
+def _int4_affine_groups(packed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, shape: tuple[int, int],
+                        dtype: torch.dtype) -> torch.Tensor:
+    """quanto's qint4 groups (scale * code - shift per group of 64), unpacked with torch ops.
+
+    quanto packs group rows [0, P) in the low nibbles and [P, groups) in the high nibbles of P
+    rows of bytes. Its own unpack runs a C++/CUDA extension that is JIT-compiled on first use
+    (nvcc, minutes). The arithmetic is quanto's: in the scale dtype (bf16), shift subtracted after.
+    """
+    groups = scale.shape[0]
+    half = packed.shape[0]
+    out = torch.empty(shape, dtype=dtype, device=packed.device).view(groups, GROUP_SIZE)
+    for first_row, nibble in ((0, 0), (half, 4)):
+        for start, stop in _row_chunks(min(half, groups - first_row), GROUP_SIZE):
+            codes = packed[start:stop] >> 4 if nibble else packed[start:stop] & 0xF
+            rows = slice(first_row + start, first_row + stop)
+            if dtype == scale.dtype:
+                target = torch.mul(codes, scale[rows], out=out[rows])
+                target.sub_(shift[rows])
+            else:
+                out[rows] = codes * scale[rows] - shift[rows]
+    return out.view(shape)
+
+
 def dequantize(
     tensors: dict[str, torch.Tensor], shape: tuple[int, int], scheme: str, backend: str, dtype: torch.dtype
 ) -> torch.Tensor:
-    """The dense (out, in) weight in `dtype`, rebuilt from the stored tensors at call time."""
-    q = tensors["qweight"]
-    if scheme == "int8" and backend == "bnb":
-        import bitsandbytes.functional as bnbf
+    """The dense (out, in) weight in `dtype`, rebuilt from the stored tensors at call time.
 
-        return bnbf.int8_vectorwise_dequant(q, tensors["scale"]).to(dtype)
-    if scheme == "nf4" and backend == "bnb":
+    One pass into `dtype`: the only new tensor of the weight's size is the result (plus, on the
+    CPU or for 4-bit codes, scratch of at most `CHUNK_ELEMENTS` elements). Equal to the backend
+    library's own dequantization (bnb int8 to one float32 rounding; the others bit for bit)."""
+    q = tensors["qweight"]
+    if scheme == "int8":
+        scale = tensors["scale"] * INT8_STEP if backend == "bnb" else tensors["scale"]
+        return _int8_rows(q, scale, dtype)
+    if backend == "bnb":
         import bitsandbytes.functional as bnbf
 
         state = bnbf.QuantState(
             absmax=tensors["scale"], shape=torch.Size(shape), code=_nf4_code(str(q.device)),
             blocksize=GROUP_SIZE, quant_type="nf4", dtype=dtype,
         )
-        return bnbf.dequantize_4bit(q, state)
-    from optimum.quanto import qint4, qint8
-    from optimum.quanto.tensor.packed import PackedTensor
-    from optimum.quanto.tensor.weights import WeightQBitsTensor, WeightQBytesTensor
-
-    size, stride = torch.Size(shape), (shape[1], 1)
-    if scheme == "int8":
-        return WeightQBytesTensor(qint8, 0, size, stride, q, tensors["scale"], None).dequantize().to(dtype)
-    scale = tensors["scale"]
-    rows = scale.shape[0]
-    packed = PackedTensor(q, 4, torch.Size((rows, GROUP_SIZE)), (GROUP_SIZE, 1))
-    qt = WeightQBitsTensor(qint4, 0, GROUP_SIZE, size, stride, packed, scale, tensors["shift"])
-    return qt.dequantize().to(dtype)
+        return bnbf.dequantize_4bit(q, state)  # bnb's kernel writes `dtype` directly
+    return _int4_affine_groups(q, tensors["scale"], tensors["shift"], shape, dtype)
 
 
 def weight_error(reference: torch.Tensor, approx: torch.Tensor) -> tuple[float, float]:
