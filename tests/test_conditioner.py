@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from lowmem.models.conditioner import QwenVLConditioner
+from lowmem.models.prompt import SYSTEM_TURN, TURN_START, build_prompt
 from lowmem.models.tiny_qwen3vl import write_tiny_qwen3vl
 
 INSTRUCTION = "Rotate the object to the left view."
@@ -87,25 +88,20 @@ def test_deterministic_across_loads(tiny_folder: Path, cond: QwenVLConditioner, 
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
-def test_drop_count_is_prefix_length(cond: QwenVLConditioner, image: Image.Image) -> None:
+def test_the_kept_states_start_at_the_user_turn_for_the_tiny_tokenizer(cond: QwenVLConditioner, image: Image.Image) -> None:
     tok = cond.processor.tokenizer
-    prefix_ids = tok(cond.template_prefix, add_special_tokens=False)["input_ids"]
+    prefix_ids = tok(SYSTEM_TURN + TURN_START, add_special_tokens=False)["input_ids"]
     assert cond.drop_count == len(prefix_ids)
-    full = cond.processor(text=[cond.build_prompt(INSTRUCTION, 1)], images=[image], return_tensors="pt")
+    full = cond.tokenize(build_prompt(INSTRUCTION, 1), [image])
     ids = full["input_ids"][0].tolist()
-    # The prompt starts with exactly the prefix tokens, and the kept part starts at the user content.
+    # The prompt starts with exactly the prefix tokens; what is kept starts at the user turn's "user".
     assert ids[: cond.drop_count] == prefix_ids
-    assert ids[cond.drop_count] == tok.convert_tokens_to_ids("<|vision_start|>")
+    assert tok.decode(ids[cond.drop_count:]).startswith("user\n<|vision_start|>")
     states, mask = cond.encode([image], INSTRUCTION)
     assert int(mask[1].sum()) == len(ids) - cond.drop_count
 
 
-def test_image_markers_and_truncation(tiny_folder: Path, cond: QwenVLConditioner, image: Image.Image) -> None:
-    placeholder = "<|vision_start|><|image_pad|><|vision_end|>"
-    assert cond.build_prompt("<image>\nMove it.", 1) == cond.build_prompt("Move it.", 1)
-    assert cond.build_prompt("Move it.", 2).count(placeholder) == 2
-    with pytest.raises(ValueError):
-        cond.build_prompt("<image>\n<image>\nMove it.", 1)
+def test_truncation_keeps_the_last_tokens(cond: QwenVLConditioner, image: Image.Image) -> None:
     short = QwenVLConditioner(cond.model, cond.processor, max_length=5)
     states, mask = short.encode([image], INSTRUCTION)
     full, _ = cond.encode([image], INSTRUCTION)

@@ -1,17 +1,17 @@
 """Qwen3-VL conditioner: images + instruction -> the hidden states SpatialEdit's DiT reads.
 
-Built on transformers' own Qwen3-VL classes. It reproduces the official "multiple_images" prompt
-form: a system turn, then a user turn holding one vision placeholder per image and the
-instruction; the conditioning is the last hidden state with the fixed template prefix dropped.
-The negative (unconditional) prompt is the same template with an empty instruction but the same
-images. Output batch order is [unconditional ; conditional].
+Built on transformers' own Qwen3-VL classes. The text is the official "multiple_images" prompt
+(lowmem.models.prompt): the trained system turn, then a user turn holding one vision placeholder
+per image and the instruction; the conditioning is the last hidden state without the prefix the
+official code drops, at most its last 4,096 tokens. The negative (unconditional) prompt is the same
+template with an empty instruction but the same images. Output batch order is [unconditional ;
+conditional].
 """
 
 from __future__ import annotations
 
 import gc
 import json
-import re
 from pathlib import Path
 
 import torch
@@ -19,16 +19,7 @@ import torch
 from torch import nn
 
 from lowmem.errors import ModelFolderError
-
-# Our own wording of the official system instruction (same content: describe the input image(s)).
-DEFAULT_SYSTEM_PROMPT: str = (
-    "Describe the input image or images in detail: the colour, shape, size and texture of each "
-    "object, how many there are, any text that appears, and the spatial relationships between "
-    "the objects. Then explain how the user's instruction changes the image."
-)
-
-VISION_PLACEHOLDER: str = "<|vision_start|><|image_pad|><|vision_end|>"
-IMAGE_MARKER: str = "<image>"
+from lowmem.models.prompt import MAX_TEXT_TOKENS, build_prompt, dropped_prefix_length
 
 _EXPECTED = (
     "a Qwen3-VL-8B-Instruct folder with config.json, model.safetensors or model-*.safetensors "
@@ -112,13 +103,12 @@ class QwenVLConditioner:
         self,
         model: nn.Module,
         processor: object,
-        max_length: int = 2048,
-        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        max_length: int = MAX_TEXT_TOKENS,
     ) -> None:
         self._model: nn.Module | None = model
         self._processor = processor
         self.max_length = max_length
-        self.system_prompt = system_prompt
+        self.drop_count = dropped_prefix_length(processor.tokenizer)
         # Right padding: the DiT mask marks valid tokens from the left.
         self._processor.tokenizer.padding_side = "right"
 
@@ -129,8 +119,7 @@ class QwenVLConditioner:
         folder: Path,
         dtype: torch.dtype = torch.bfloat16,
         device: str | torch.device = "cpu",
-        max_length: int = 2048,
-        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        max_length: int = MAX_TEXT_TOKENS,
     ) -> "QwenVLConditioner":
         """Load model + processor from a Qwen3-VL-8B-Instruct-layout folder.
 
@@ -150,7 +139,7 @@ class QwenVLConditioner:
         )
         model.eval()
         model.requires_grad_(False)
-        return cls(model, processor, max_length=max_length, system_prompt=system_prompt)
+        return cls(model, processor, max_length=max_length)
 
     # ---------------------------------------------------------------- properties
     @property
@@ -199,39 +188,15 @@ class QwenVLConditioner:
         """Bytes held by the model's parameters."""
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
-    # ---------------------------------------------------------------- prompt
-    @property
-    def template_prefix(self) -> str:
-        """The fixed text before the user content (what the official code drops, 34 tokens there)."""
-        return f"<|im_start|>system\n{self.system_prompt}<|im_end|>\n<|im_start|>user\n"
-
-    @property
-    def drop_count(self) -> int:
-        """Token length of the template prefix with the loaded tokenizer."""
-        ids = self._processor.tokenizer(self.template_prefix, add_special_tokens=False)["input_ids"]
-        return len(ids)
-
-    def build_prompt(self, instruction: str, num_images: int) -> str:
-        """Full chat text: system turn, user turn with vision placeholders + instruction."""
-        markers = instruction.count(IMAGE_MARKER)
-        if markers == 0:
-            instruction = f"{IMAGE_MARKER}\n" * num_images + instruction
-        elif markers != num_images:
-            raise ValueError(
-                f"The instruction has {markers} '{IMAGE_MARKER}' markers but {num_images} images were "
-                f"given; use one marker per image or none."
-            )
-        # As in the official code, "<image>\n" (or a bare "<image>") becomes one vision placeholder.
-        content = re.sub(re.escape(IMAGE_MARKER) + r"\n?", VISION_PLACEHOLDER, instruction)
-        return f"{self.template_prefix}{content}<|im_end|>\n<|im_start|>assistant\n"
-
     # ---------------------------------------------------------------- encode
+    def tokenize(self, text: str, images: list) -> dict:
+        """The processor's inputs for one prompt: input_ids (image placeholders expanded), mask, pixels."""
+        return self._processor(text=[text], images=images or None, return_tensors="pt", padding=False)
+
     @torch.inference_mode()
     def _encode_one(self, text: str, images: list) -> tuple[torch.Tensor, torch.Tensor]:
         """(L, D) states and (L,) bool mask for one prompt, prefix dropped, tail-truncated."""
-        inputs = self._processor(
-            text=[text], images=images or None, return_tensors="pt", padding=False
-        )
+        inputs = self.tokenize(text, images)
         mask = inputs["attention_mask"][0].bool()  # stays on the host: the DiT reads the padding there
         device = self.device
         inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
@@ -253,8 +218,8 @@ class QwenVLConditioner:
         right padded with zeros to one length.
         """
         images = list(images)
-        uncond = self._encode_one(self.build_prompt("", len(images)), images)
-        cond = self._encode_one(self.build_prompt(instruction, len(images)), images)
+        uncond = self._encode_one(build_prompt("", len(images)), images)
+        cond = self._encode_one(build_prompt(instruction, len(images)), images)
         length = max(uncond[0].shape[0], cond[0].shape[0])
         dim = cond[0].shape[1]
         states = cond[0].new_zeros((2, length, dim))

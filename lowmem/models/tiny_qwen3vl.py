@@ -28,9 +28,8 @@ SPECIAL_TOKENS: list[str] = [
 _CORPUS: list[str] = [
     "system\nuser\nassistant\n",
     "system user assistant",
-    "Describe the input image or images in detail: the colour, shape, size and texture of each object,",
-    "how many there are, any text that appears, and the spatial relationships between the objects.",
-    "Then explain how the user's instruction changes the image.",
+    " \\nDescribe the image by detailing the color, shape, size, texture, quantity, text, spatial relationships",
+    "of the objects and background:",
     "Rotate the object to the front view. Rotate the object to the rear view.",
     "Rotate the object to the left view. Rotate the object to the right view.",
     "Move the object to the red bounding box. Move the object to the left. Move it to the right.",
