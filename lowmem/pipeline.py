@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from lowmem.guidance import guided_velocity
+from lowmem.guidance import guidance_batch, step_velocity
 from lowmem.images import fit_bucket, load_image, to_model_tensor, to_pil
 from lowmem.instructions import EditInstruction
 from lowmem.models.conditioner import QwenVLConditioner
@@ -137,7 +137,8 @@ class SpatialEditPipeline:
 
         offload = self.offload
         with report.phase("encode prompt", announce=progress), (offload.encoding() if offload else nullcontext()):
-            states, mask = self.conditioner.encode([source], instruction.text)
+            states, mask = self.conditioner.encode([source], instruction.text,
+                                                   unconditional=guidance_batch(guidance) == 2)
             # The padding of [uncond ; cond] is read here, once per edit, not in every DiT forward.
             states, mask = states.to(self.device), TextPadding.from_mask(mask)
         with report.phase("encode image", announce=progress):
@@ -173,10 +174,11 @@ class SpatialEditPipeline:
         scheduler = make_scheduler(steps)
         x = torch.randn(condition.shape, generator=generator, dtype=torch.float32).to(self.device)
         condition = condition.float()
+        batch = guidance_batch(guidance)  # [uncond ; cond], or the conditional alone at guidance <= 1
         for t in tqdm(scheduler.timesteps, desc="denoise", disable=not progress, leave=False):
-            items = torch.stack((condition, x), dim=1).expand(2, -1, -1, -1, -1, -1)  # [uncond ; cond]
-            timestep = t.to(self.device, torch.float32).expand(2)
+            items = torch.stack((condition, x), dim=1).expand(batch, -1, -1, -1, -1, -1)
+            timestep = t.to(self.device, torch.float32).expand(batch)
             v = self.dit(items.to(self.dtype), timestep, states, mask).float()
-            v = guided_velocity(v[:1], v[1:], guidance)
+            v = step_velocity(v, guidance)
             x = scheduler.step(v, t, x).prev_sample
         return x

@@ -211,20 +211,22 @@ class QwenVLConditioner:
             states, mask = states[-self.max_length :], mask[-self.max_length :]
         return states, mask
 
-    def encode(self, images: list, instruction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, images: list, instruction: str, unconditional: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode ``images`` + ``instruction``.
 
-        Returns (states (2, L, D), mask (2, L) bool on the host), rows [unconditional ; conditional],
-        right padded with zeros to one length.
+        Returns (states (B, L, D), mask (B, L) bool on the host), rows [unconditional ; conditional],
+        right padded with zeros to one length; with ``unconditional=False`` (guidance <= 1) only the
+        conditional row, as the official pipeline encodes no negative prompt then.
         """
         images = list(images)
-        uncond = self._encode_one(build_prompt("", len(images)), images)
-        cond = self._encode_one(build_prompt(instruction, len(images)), images)
-        length = max(uncond[0].shape[0], cond[0].shape[0])
-        dim = cond[0].shape[1]
-        states = cond[0].new_zeros((2, length, dim))
-        mask = torch.zeros((2, length), dtype=torch.bool, device=cond[1].device)
-        for row, (s, m) in enumerate((uncond, cond)):
+        rows = [self._encode_one(build_prompt(instruction, len(images)), images)]
+        if unconditional:
+            rows.insert(0, self._encode_one(build_prompt("", len(images)), images))
+        length = max(s.shape[0] for s, _ in rows)
+        dim = rows[0][0].shape[1]
+        states = rows[0][0].new_zeros((len(rows), length, dim))
+        mask = torch.zeros((len(rows), length), dtype=torch.bool, device=rows[0][1].device)
+        for row, (s, m) in enumerate(rows):
             states[row, : s.shape[0]] = s
             mask[row, : m.shape[0]] = m
         return states, mask

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from lowmem.guidance import guided_velocity
+from lowmem.guidance import guidance_batch, step_velocity
 from lowmem.models.dit import SpatialEditDiT
 from lowmem.models.scheduler import make_scheduler
 from lowmem.models.vae import WanVAE
@@ -88,11 +88,12 @@ def spot_denoise(
     cache: Optional[SpotKVCache] = None
     edited: Optional[torch.Tensor] = None  # active mask for the coming step
     outcome = SpotOutcome()
+    batch = guidance_batch(guidance)  # [uncond ; cond], or the conditional alone at guidance <= 1
 
     for i, t in enumerate(tqdm(scheduler.timesteps, desc="denoise (spot)", disable=not progress, leave=False)):
         sigma = float(scheduler.sigmas[i])
-        items = torch.stack((condition, x), dim=1).expand(2, -1, -1, -1, -1, -1)  # [uncond ; cond]
-        timestep = t.to(device, torch.float32).expand(2)
+        items = torch.stack((condition, x), dim=1).expand(batch, -1, -1, -1, -1, -1)
+        timestep = t.to(device, torch.float32).expand(batch)
         spot_step = (
             cache is not None and cache.ready and edited is not None and i >= initial and i not in resets
             and not bool(edited.all())
@@ -100,7 +101,7 @@ def spot_denoise(
         if spot_step:
             active = edited.flatten().nonzero().squeeze(1).to(device)
             v = model.partial(items.to(dtype), timestep, states, mask, active, cache, fusion_alpha(sigma)).float()
-            v = guided_velocity(v[:1], v[1:], guidance)
+            v = step_velocity(v, guidance)
             reuse = tokens_to_latent(~edited).to(device)
             v = torch.where(reuse, (x - condition) / sigma, v)
             outcome.active_fraction.append(active.numel() / edited.numel())
@@ -109,7 +110,7 @@ def spot_denoise(
             if record and cache is None:
                 cache = model.new_cache(config.cache_device)
             v = model.full(items.to(dtype), timestep, states, mask, cache if record else None).float()
-            v = guided_velocity(v[:1], v[1:], guidance)
+            v = step_velocity(v, guidance)
             outcome.active_fraction.append(1.0)
             outcome.full_steps.append(i)
         if i + 1 >= initial:
