@@ -24,6 +24,7 @@ from quantize.schemes import (
     dequantize,
     packed_layout,
     quantize_linear_weight,
+    stored_bytes,
     weight_error,
 )
 
@@ -31,5 +32,6 @@ __all__ = [
     "BACKENDS", "DEFAULT_BACKEND", "DIT_DEFAULT_SKIP", "FORMAT_VERSION", "QuantizedLinear", "SCHEMES",
     "VLM_DEFAULT_SKIP", "check_scheme", "convert", "dequantize", "format_error_table", "is_quantized_folder",
     "load_dit_quantizing", "load_parts", "load_quantized_dit", "load_quantized_vlm", "load_vlm_quantizing",
-    "packed_layout", "quantizable_linears", "quantize_linear_weight", "read_manifest", "swap_linears", "weight_error",
+    "packed_layout", "quantizable_linears", "quantize_linear_weight", "read_manifest", "stored_bytes", "swap_linears",
+    "weight_error",
 ]

@@ -34,7 +34,7 @@ from lowmem.errors import CorruptCheckpointError, LowmemError, OutputPathError
 from lowmem.models.layout import open_model_folder
 from quantize.manifest import FORMAT_VERSION, MANIFEST, format_error_table, sha256_file, write_json_atomic
 from quantize.plan import COMPONENTS, default_skip, quantizable_linears, unit_of
-from quantize.schemes import GROUP_SIZE, check_scheme, dequantize, quantize_linear_weight, weight_error
+from quantize.schemes import GROUP_SIZE, check_scheme, double_quantized, dequantize, quantize_linear_weight, weight_error
 from quantize.sources import ComponentSource, check_names, check_shards, dit_source, meta_dit, meta_vlm, read_tensor, vlm_source
 
 PARTIAL_STATE = "partial.json"
@@ -60,8 +60,9 @@ def quantize_tensors(
             )
         module, _, leaf = name.rpartition(".")
         if leaf == "weight" and module in quant_modules:
-            stored = quantize_linear_weight(tensor, scheme, backend)
-            entry = {"scheme": scheme, "backend": backend, "shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch.")}
+            stored = quantize_linear_weight(tensor, scheme, backend, double_quantized(scheme, backend))
+            entry = {"scheme": scheme, "backend": backend, "double_quant": double_quantized(scheme, backend),
+                     "shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch.")}
             if measure:
                 approx = dequantize(stored, tuple(tensor.shape), scheme, backend, torch.float32)
                 rel, sqnr = weight_error(tensor, approx)
@@ -162,7 +163,8 @@ def convert(
     source_files = sorted(set(copied + te_files + tr_files))
     hashes = {str(p.relative_to(folder.root)): sha256_file(p)
               for p in tqdm(source_files, desc="hash source", disable=not progress, leave=False)}
-    options = {"scheme": scheme, "backend": backend, "components": list(components),
+    options = {"scheme": scheme, "backend": backend, "double_quant": double_quantized(scheme, backend),
+               "components": list(components),
                "skip": {c: skips[c] for c in components}, "source_files": hashes}
 
     state_file = partial / PARTIAL_STATE
@@ -232,6 +234,7 @@ def convert(
         "scheme": scheme,
         "backend": backend,
         "group_size": GROUP_SIZE,
+        "double_quant": double_quantized(scheme, backend),
         "components": list(components),
         "skip": {c: skips[c] for c in components},
         "source": {"folder": str(folder.root.resolve()), "sha256": hashes},

@@ -70,11 +70,14 @@ def _fill_from_files(model: nn.Module, root: Path, files: Iterable[str], device,
                 assign_tensor(model, key, tensor, device, dtype)
 
 
-def _quantized_modules(tensors: dict) -> dict[tuple[str, str], list[str]]:
-    groups: dict[tuple[str, str], list[str]] = {}
+def _quantized_modules(tensors: dict) -> dict[tuple[str, str, bool], list[str]]:
+    """(scheme, backend, double_quant) -> module names; folders written before double quantization
+    existed have no `double_quant` entries and single-level scales."""
+    groups: dict[tuple[str, str, bool], list[str]] = {}
     for name, entry in tensors.items():
         if entry.get("scheme") in ("int8", "nf4"):
-            groups.setdefault((entry["scheme"], entry["backend"]), []).append(name.rpartition(".")[0])
+            key = (entry["scheme"], entry["backend"], bool(entry.get("double_quant", False)))
+            groups.setdefault(key, []).append(name.rpartition(".")[0])
     return groups
 
 
@@ -87,8 +90,8 @@ def dit_parts(folder: ModelFolder, device: torch.device | str = "cpu", dtype: to
     model, _ = meta_dit(folder, dtype=dtype)
     part = read_manifest(folder.root)["dit"] if folder.is_quantized else {}
     if part.get("quantized"):
-        for (scheme, backend), modules in _quantized_modules(part["tensors"]).items():
-            swap_linears(model, modules, scheme, backend)
+        for (scheme, backend, double_quant), modules in _quantized_modules(part["tensors"]).items():
+            swap_linears(model, modules, scheme, backend, double_quant=double_quant)
 
         def fill(select: Selection) -> None:
             files = sorted({entry["file"] for name, entry in part["tensors"].items() if select(name)})
@@ -122,8 +125,8 @@ def load_quantized_vlm(folder: str | Path, device: torch.device | str = "cpu", d
     root = Path(folder)
     part = read_manifest(root)["vlm"]
     model = meta_vlm(root / "text_encoder", dtype=dtype)
-    for (scheme, backend), modules in _quantized_modules(part["tensors"]).items():
-        swap_linears(model, modules, scheme, backend)
+    for (scheme, backend, double_quant), modules in _quantized_modules(part["tensors"]).items():
+        swap_linears(model, modules, scheme, backend, double_quant=double_quant)
     _fill_from_files(model, root, part["files"], device, dtype)
     if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()

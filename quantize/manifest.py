@@ -9,7 +9,11 @@ from pathlib import Path
 
 from lowmem.errors import ManifestVersionError, ModelFolderError
 
-FORMAT_VERSION = 1
+# 2: nf4/bnb scales may be double-quantized (per-tensor `double_quant`); version 1 folders, whose
+# scales are all single-level, load unchanged. An older lowmem refuses a version 2 folder cleanly
+# instead of failing on the new scale tensors.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 
 
@@ -37,9 +41,10 @@ def read_manifest(folder: str | Path) -> dict:
     except json.JSONDecodeError as exc:
         raise ModelFolderError(f"{path} is not valid JSON ({exc}); re-run `lowmem quantize`") from exc
     version = data.get("format_version") if isinstance(data, dict) else None
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ManifestVersionError(
-            f"{path} has format_version {version!r}, but this lowmem reads version {FORMAT_VERSION}; "
+            f"{path} has format_version {version!r}, but this lowmem reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; "
             f"re-run `lowmem quantize` on the original model with this version"
         )
     return data

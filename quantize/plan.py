@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from typing import Iterable
+from typing import Iterable, Optional
 
 from torch import nn
 
@@ -62,8 +62,10 @@ def unit_of(name: str, component: str) -> str:
     return f"{'block' if component == 'dit' else 'layer'}_{int(match.group(1)):03d}"
 
 
-def swap_linears(model: nn.Module, names: Iterable[str], scheme: str, backend: str, device="meta") -> None:
-    """Replace each named nn.Linear by an empty QuantizedLinear (on `device`, meta by default)."""
+def swap_linears(model: nn.Module, names: Iterable[str], scheme: str, backend: str, device="meta",
+                 double_quant: Optional[bool] = None) -> None:
+    """Replace each named nn.Linear by an empty QuantizedLinear (on `device`, meta by default);
+    `double_quant` None: the layout `convert` writes today."""
     from quantize.linear import QuantizedLinear
 
     for name in names:
@@ -72,4 +74,5 @@ def swap_linears(model: nn.Module, names: Iterable[str], scheme: str, backend: s
         linear = getattr(parent, leaf)
         bias_dtype = linear.bias.dtype if linear.bias is not None else linear.weight.dtype
         setattr(parent, leaf, QuantizedLinear(linear.in_features, linear.out_features, linear.bias is not None,
-                                              scheme, backend, device=device, bias_dtype=bias_dtype))
+                                              scheme, backend, device=device, bias_dtype=bias_dtype,
+                                              double_quant=double_quant))

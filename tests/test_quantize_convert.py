@@ -13,7 +13,7 @@ from lowmem.cli import main as cli_main
 from lowmem.errors import CorruptCheckpointError, LowmemError, ManifestVersionError, OutputPathError
 from lowmem.models.layout import open_model_folder
 from lowmem.pipeline import SpatialEditPipeline
-from quantize import convert, load_quantized_dit, read_manifest
+from quantize import FORMAT_VERSION, convert, load_quantized_dit, read_manifest
 from quantize.convert import PARTIAL_STATE
 
 PROMPT = "Rotate the object to show the front side view."
@@ -44,7 +44,8 @@ def test_output_folder_layout_and_manifest(converted):
     assert (folder / "text_encoder" / "layer_001.safetensors").exists() and (folder / "vae" / "Wan2.1_VAE.pth").exists()
     assert not list(folder.parent.glob("*.partial"))
     m = read_manifest(folder)
-    assert m["format_version"] == 1 and m["scheme"] == "nf4" and m["backend"] in ("bnb", "quanto")
+    assert m["format_version"] == FORMAT_VERSION and m["scheme"] == "nf4" and m["backend"] in ("bnb", "quanto")
+    assert m["double_quant"] == (m["backend"] == "bnb")
     assert any(k.endswith(".safetensors") for k in m["source"]["sha256"])
     assert m["dit_config"]["hidden_size"] == 64
     t = m["dit"]["tensors"]
@@ -71,7 +72,7 @@ def test_quantized_tensors_take_a_half_and_a_quarter_of_bf16(converted):
                     for key in f.keys():
                         module, _, leaf = key.rpartition(".")
                         entry = m[part]["tensors"].get(f"{module}.weight")
-                        if leaf in ("qweight", "scale", "shift") and entry and entry["scheme"] == scheme:
+                        if leaf in ("qweight", "scale", "shift", "scale_absmax", "scale_offset") and entry and entry["scheme"] == scheme:
                             stored += f.get_slice(key).get_shape() and f.get_tensor(key).nbytes
                             if leaf == "qweight":
                                 bf16 += 2 * math.prod(entry["shape"])
@@ -103,6 +104,38 @@ def test_in_memory_quantization_equals_the_converted_folder(tiny_model, converte
     assert type(pipe.conditioner.model.model.language_model.layers[0].mlp.up_proj).__name__ == "QuantizedLinear"
     loaded = load_quantized_dit(converted["int8"], "cpu", torch.float32)
     assert torch.equal(velocity(pipe.dit), velocity(loaded))
+
+
+def test_nf4_folders_double_quantize_the_scales_and_old_folders_still_load(tiny_model, converted, tmp_path, monkeypatch):
+    """A format-1 folder (single-level float32 nf4 scales, no `double_quant` entries) loads as it
+    always did, and equals an in-memory single-level quantization; the double-quantized folder
+    stores its scales in uint8 and gives nearly the same velocity."""
+    import importlib
+
+    from quantize.schemes import quantize_linear_weight
+
+    new = load_quantized_dit(converted["nf4"], "cpu", torch.float32)
+    assert new.double_blocks[0].img_attn_qkv.scale.dtype == torch.uint8
+    old = tmp_path / "nf4-v1"
+    monkeypatch.setattr(importlib.import_module("quantize.convert"), "double_quantized", lambda scheme, backend: False)
+    convert(tiny_model, old, "nf4", components=("dit",), progress=False, print_table=False)
+    monkeypatch.undo()
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    del manifest["double_quant"]
+    for entry in manifest["dit"]["tensors"].values():
+        entry.pop("double_quant", None)
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    loaded = load_quantized_dit(old, "cpu", torch.float32)
+    layer = loaded.double_blocks[0].img_attn_qkv
+    assert layer.stored_names == ("qweight", "scale") and layer.scale.dtype == torch.float32
+    reference = load_quantized_dit(old, "cpu", torch.float32)
+    source = SpatialEditPipeline.from_folder(tiny_model, device="cpu").dit.double_blocks[0].img_attn_qkv.weight
+    expected = quantize_linear_weight(source, "nf4", "bnb", double_quant=False)
+    assert all(torch.equal(getattr(layer, k), v) for k, v in expected.items())
+    v_old, v_new = velocity(loaded), velocity(new)
+    assert torch.equal(v_old, velocity(reference))
+    assert float((v_new - v_old).norm() / v_old.norm()) < 0.05
 
 
 def test_unquantized_vlm_through_the_meta_loader_matches_transformers(tiny_model, tiny_pipeline, tmp_path, scene):

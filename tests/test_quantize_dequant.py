@@ -25,8 +25,12 @@ def library_dequantize(tensors: dict, shape: tuple[int, int], scheme: str, backe
     if scheme == "int8":
         return WeightQBytesTensor(qint8, 0, size, stride, q, tensors["scale"], None).dequantize().to(dtype)
     if backend == "bnb":
+        nested = {}
+        if "scale_absmax" in tensors:
+            nested = {"offset": tensors["scale_offset"], "state2": bnbf.QuantState(
+                absmax=tensors["scale_absmax"], code=bnbf.create_dynamic_map(), blocksize=256, dtype=torch.float32)}
         state = bnbf.QuantState(absmax=tensors["scale"], shape=size, code=bnbf.get_4bit_type("nf4", device="cpu"),
-                                blocksize=GROUP_SIZE, quant_type="nf4", dtype=dtype)
+                                blocksize=GROUP_SIZE, quant_type="nf4", dtype=dtype, **nested)
         return bnbf.dequantize_4bit(q, state)
     packed = PackedTensor(q, 4, torch.Size((tensors["scale"].shape[0], GROUP_SIZE)), (GROUP_SIZE, 1))
     return WeightQBitsTensor(qint4, 0, GROUP_SIZE, size, stride, packed, tensors["scale"], tensors["shift"]).dequantize().to(dtype)
