@@ -70,7 +70,9 @@ def _get(e: Entry) -> torch.Tensor:
 
 def _set(e: Entry, value: torch.Tensor) -> None:
     if e.is_param:
-        e.owner._parameters[e.attr].data = value
+        # A new Parameter rather than `.data =`: that refuses to move a host tensor onto `meta`,
+        # the device the CPU-only checks run the streamer on.
+        e.owner._parameters[e.attr] = nn.Parameter(value, requires_grad=False)
     else:
         e.owner._buffers[e.attr] = value
 

@@ -24,6 +24,12 @@ from lowmem.offload.runtime import OffloadRuntime
 HOST = torch.device("cpu")
 
 
+def planned_device_kind(device: torch.device) -> str:
+    """The hardware class the plan is made for: `meta` stands in for the GPU in the CPU-only checks
+    (the meta-device edit runs the CUDA plan's placements with no memory behind them)."""
+    return "cuda" if device.type == "meta" else device.type
+
+
 def load_under_plan(
     folder: ModelFolder,
     device: torch.device,
@@ -43,12 +49,12 @@ def load_under_plan(
         planned_for = load_preset(preset).quantization
         quantization = planned_for if planned_for in ("int8", "nf4") else None
     precision = folder_precision(folder, dtype, quantization)  # what the weights will really be
-    preflight_plan(folder, memory_budget, resolution, precision, spot, preset, device)  # refuse before reading
+    preflight_plan(folder, memory_budget, resolution, precision, spot, preset, planned_device_kind(device))  # refuse before reading
 
     dit, fill = dit_parts(folder, HOST, dtype, quantization)
     conditioner = load_conditioner(folder, HOST, dtype, quantization)
     vae = load_folder_vae(folder, HOST)
-    plan = plan_for(dit, memory_budget, resolution, precision, spot, preset=preset, device=device.type,
+    plan = plan_for(dit, memory_budget, resolution, precision, spot, preset=preset, device=planned_device_kind(device),
                     vlm_bytes=conditioner.weight_bytes(), vae_bytes=vae.weight_bytes(),
                     max_resident_blocks=max_resident_blocks)
     fill(outside_blocks)

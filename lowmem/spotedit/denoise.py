@@ -99,7 +99,7 @@ def spot_denoise(
             and not bool(edited.all())
         )
         if spot_step:
-            active = edited.flatten().nonzero().squeeze(1).to(device)
+            active = edited.flatten().nonzero().squeeze(1)  # DiTSpotModel.partial moves it to the device
             v = model.partial(items.to(dtype), timestep, states, mask, active, cache, fusion_alpha(sigma)).float()
             v = step_velocity(v, guidance)
             reuse = tokens_to_latent(~edited).to(device)

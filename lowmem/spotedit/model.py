@@ -57,10 +57,12 @@ class DiTSpotModel:
         dit = self.dit
         tokens, target_grid = dit.embed_image(latents[:, -1:])
         n = target_grid.per_item
-        active = active.to(tokens.device)
-        keep = torch.ones(n, dtype=torch.bool, device=tokens.device)
-        keep[active] = False
-        reused = keep.nonzero().squeeze(1)
+        # Which tokens to skip is a host decision: the complement is taken on the host (a nonzero on
+        # the device would sync it again), then both index lists go to the device once.
+        host_active = active.cpu()
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[host_active] = False
+        active, reused = host_active.to(tokens.device), keep.nonzero().squeeze(1).to(tokens.device)
         img = tokens.index_select(1, active)
         grid = TokenGrid(items=latents.shape[1], height=target_grid.height, width=target_grid.width)
         shift = None
