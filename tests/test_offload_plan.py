@@ -73,9 +73,9 @@ def test_parameter_count_and_bytes_per_precision(full_meta):
 
 def test_budget_below_minimum_is_one_error_naming_fixes(full_meta):
     with pytest.raises(BudgetError) as info:
-        plan_for(full_meta, "4GB", 1024, "bf16")
+        plan_for(full_meta, "7GB", 1024, "bf16")
     text = str(info.value)
-    assert "4.00 GB" in text and "budget of at least" in text and "nf4" in text
+    assert "7.00 GB" in text and "budget of at least" in text and "nf4" in text
     with pytest.raises(BudgetError, match="budget of at least"):
         plan_for(full_meta, "1GB", 1024, "nf4")
 

@@ -62,9 +62,11 @@ class SpotEditPlan:
 
 @dataclass
 class MemoryEstimate:
-    """Bytes on the compute device, item by item, for each phase of a run."""
+    """Bytes on the compute device, item by item, for each phase of a run, and the peaks traced on
+    `meta` behind each phase's activations (phase -> {what ran: peak live bytes})."""
 
     phases: dict[str, dict[str, int]] = field(default_factory=dict)
+    traced: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def phase_total(self, phase: str) -> int:
         return sum(self.phases[phase].values())
@@ -85,6 +87,7 @@ class Plan:
     resolution: int
     image_tokens: int  # per item
     text_tokens: int
+    batch: int  # rows per DiT forward: 2 under classifier-free guidance, 1 without
     vlm: ComponentPlan
     dit: DiTPlan
     vae: VAEPlan
@@ -171,7 +174,8 @@ class Plan:
             lines.append(f"resident blocks: {_ranges(d.resident_blocks)}")
         if self.spotedit.enabled:
             lines.append(f"spotedit K/V caches: {format_bytes(self.spotedit.cache_bytes)} on {self.spotedit.cache_placement}")
-        lines.append(f"tokens per forward: 2 x {self.image_tokens} image + {self.text_tokens} text, CFG batch 2")
+        guidance = "CFG batch 2" if self.batch == 2 else f"batch {self.batch} (no guidance)"
+        lines.append(f"tokens per forward: 2 x {self.image_tokens} image + {self.text_tokens} text, {guidance}")
         phases = list(self.estimate.phases)
         items = sorted({k for p in phases for k in self.estimate.phases[p]}, key=_item_order)
         est = [("memory", *phases)]
@@ -180,6 +184,12 @@ class Plan:
                                 for p in phases)))
         est.append(("total", *(format_bytes(self.estimate.phase_total(p)) for p in phases)))
         lines.append(_table(est))
+        if self.estimate.traced:
+            traced = [("phase", "traced on meta (peak live bytes)", "")]
+            for phase, items in self.estimate.traced.items():
+                for what, nbytes in items.items():
+                    traced.append((phase, what, format_bytes(nbytes)))
+            lines.append(_table(traced))
         verdict = "fits" if self.fits else "DOES NOT FIT"
         lines.append(f"peak {format_bytes(self.estimate.peak)} ({self.estimate.peak_phase}) of budget "
                      f"{format_bytes(self.budget)}: {verdict}")
@@ -188,7 +198,8 @@ class Plan:
 
 
 _ORDER = ["runtime reserve", "vlm weights", "vlm activations", "dit other weights", "dit resident blocks",
-          "dit slots", "spotedit caches", "dit activations", "vae weights", "vae encode", "vae decode"]
+          "dit slots", "spotedit caches", "dit activations", "vae weights", "vae encode", "vae decode",
+          "allocator slack"]
 
 
 def _item_order(name: str) -> int:

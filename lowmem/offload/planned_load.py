@@ -56,7 +56,8 @@ def load_under_plan(
     vae = load_folder_vae(folder, HOST)
     plan = plan_for(dit, memory_budget, resolution, precision, spot, preset=preset, device=planned_device_kind(device),
                     vlm_bytes=conditioner.weight_bytes(), vae_bytes=vae.weight_bytes(),
-                    max_resident_blocks=max_resident_blocks)
+                    max_resident_blocks=max_resident_blocks, vae_config=dict(vae.module.config),
+                    vlm_config=conditioner.model.config)
     fill(outside_blocks)
     for index in plan.dit.resident_blocks:
         fill(in_block(index))

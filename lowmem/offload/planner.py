@@ -1,83 +1,61 @@
 """plan_for: one memory budget -> a Plan, or one error that says what to change.
 
-The estimate is deliberately simple and written out item by item so people can check it:
-  * weights: bytes per parameter by precision (bf16 2, int8 1 + a per-row scale, nf4 ~0.53 for
-    Linear weights; 1-D params, embeddings and the head stay bf16);
-  * DiT activations: CFG batch 2, tokens = 2 items (target + condition) x (res/16)^2 image tokens
-    + text tokens, SDPA attention (no N^2 term), ~16 live (B, N, hidden) tensors at a block's peak;
-  * VAE: ~10 live fp32 tensors of 96 channels at full resolution (or one tile when tiled);
-  * CUDA: a fixed reserve for the context, cuBLAS workspace and allocator slack.
+Every number is an exact count or a trace, written out item by item per phase so people can check it:
+  * weights: the bytes each component stores in its precision (`weight_bytes`: quantized Linears
+    counted as `quantize` writes them, the rest in bf16), or as an already quantized model holds them;
+  * activations: the peak live bytes of the real modules on `meta` at this resolution, text length
+    and CFG batch (`phase_peaks`: the DiT forward, a SpotEdit partial step and its selector, the
+    VAE's encode and decode, untiled or per tile, the conditioner's forward);
+  * SpotEdit's K/V caches by `spotedit.cache.estimate_cache_bytes`; pinned host RAM as the arena
+    allocates it (`arena.arena_bytes`);
+  * CUDA: the reserve of `reserve` (context, cuBLAS workspaces, allocator slack on the traced bytes).
 The planner keeps as many DiT blocks resident as fit (spread evenly over the stack) and streams
-the rest through a ring of device slots; the conditioner runs and is evicted before denoising.
+the rest through a ring of device slots; the conditioner runs and is evicted before denoising;
+the VAE decodes untiled whenever that fits, else in the largest tile that does.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
 
 from lowmem.models.dit_config import FULL_DIT_CONFIG, DiTConfig
+from lowmem.models.prompt import MAX_TEXT_TOKENS
+from lowmem.offload import phase_peaks as peaks
+from lowmem.offload.arena import arena_bytes
 from lowmem.offload.budget import BudgetError, format_bytes, parse_bytes
 from lowmem.offload.plan import ComponentPlan, DiTPlan, MemoryEstimate, Plan, SpotEditPlan, VAEPlan
 from lowmem.offload.presets import PRECISIONS, Preset, load_preset
+from lowmem.offload.reserve import allocator_slack, fixed_reserve
+from lowmem.offload.weight_bytes import QUANTIZED, conditioner_bytes, dit_bytes, is_quantized, model_dit_bytes
 
-CUDA_RESERVE = int(0.8e9)  # context, cuBLAS workspace, allocator slack (not in max_memory_allocated)
 SAFETY = 0.03  # fraction of the budget kept free
-TEXT_TOKENS = 512
-ACTIVATION_TENSORS = 16  # live (B, N, hidden) tensors at a block's peak
-VAE_CHANNELS = 96
-VAE_LIVE_TENSORS = 10
 VAE_TILES = (512, 384, 256, 192, 128)
-QWEN3_VL_8B_PARAMS = 8_770_000_000
-# Its 36 decoder layers; the rest (vision tower, embeddings, lm_head, norms) stays bf16 when quantized.
-QWEN3_VL_8B_LAYER_PARAMS = 6_950_000_000
-QWEN3_VL_HIDDEN = 4096
-WAN21_VAE_PARAMS = 127_000_000
-NF4_BYTES = 0.53  # 4 bits + one absmax per 64 (double-quantised) + packing slack
 RESOLUTIONS = (1024, 768, 512, 384, 256)
+DEFAULT_GUIDANCE = 5.0  # the pipeline's default: CFG, a batch of two
+# What the conditioner hands the DiT besides the image's vision tokens (`lowmem.models.prompt`): the
+# user turn's opening "user\n", the instruction (an allowance: geometric edit prompts are 10-40
+# tokens) and the closing "<|im_end|>\n<|im_start|>assistant\n".
+INSTRUCTION_TOKENS = 64
+TEMPLATE_TOKENS = 2 + 5
+DROPPED_PREFIX_TOKENS = 34  # the system turn the conditioner reads and the DiT never sees (official)
+SPOT_ACTIVE_FRACTION = 0.3  # the expected share of target tokens a SpotEdit step recomputes
+VLM_STREAM_SLOTS = 3  # conditioner_placement.VLM_SLOTS
 
 ModelOrConfig = Union[nn.Module, DiTConfig]
 
 
-def _tensor_bytes(t: torch.Tensor, precision: Optional[str]) -> int:
-    if precision is None or not t.is_floating_point():
-        return t.numel() * t.element_size()
-    if precision == "fp32":
-        return t.numel() * 4
-    if precision in ("int8", "nf4") and t.dim() == 2:
-        if precision == "int8":
-            return t.numel() + t.shape[0] * 2
-        return math.ceil(t.numel() * NF4_BYTES)
-    return t.numel() * 2
+def dit_text_tokens(resolution: int) -> int:
+    """Text tokens the DiT reads for one image of `resolution`²: its vision tokens, the instruction
+    and the template's closing turn (~1.1K at 1024², not a fixed 512)."""
+    return min(MAX_TEXT_TOKENS, peaks.vision_tokens(resolution) + INSTRUCTION_TOKENS + TEMPLATE_TOKENS)
 
 
-def _module_bytes(module: nn.Module, precision: Optional[str]) -> int:
-    tensors = [t for _, t in module.named_parameters()] + [t for _, t in module.named_buffers()]
-    return sum(_tensor_bytes(t, precision) for t in tensors)
-
-
-def _is_quantized(module: nn.Module) -> bool:
-    return any(not t.is_floating_point() for t in list(module.parameters()) + list(module.buffers()))
-
-
-def dit_weight_bytes(model_or_config: ModelOrConfig, precision: Optional[str]) -> tuple[list[int], int, int]:
-    """(bytes of each block, bytes of everything else, hidden size) for `precision` (None: as stored)."""
-    if isinstance(model_or_config, DiTConfig):
-        from lowmem.models.dit import build_dit
-
-        model = build_dit(model_or_config, device="meta")
-    else:
-        model = model_or_config
-    if _is_quantized(model.double_blocks):
-        precision = None  # already quantized: count what is stored
-    blocks = [_module_bytes(b, precision) for b in model.double_blocks]
-    total = _module_bytes(model, "bf16" if precision in ("int8", "nf4") else precision)
-    other = total - sum(_module_bytes(b, "bf16" if precision in ("int8", "nf4") else precision)
-                        for b in model.double_blocks)
-    return blocks, other, model.config.hidden_size
+def cfg_batch(guidance: float) -> int:
+    """Rows per DiT forward: [uncond ; cond] under guidance, one row when guidance <= 1."""
+    return 2 if guidance > 1 else 1
 
 
 def spread(count: int, total: int) -> list[int]:
@@ -87,10 +65,6 @@ def spread(count: int, total: int) -> list[int]:
     if count >= total:
         return list(range(total))
     return sorted({min(total - 1, int((i + 0.5) * total / count)) for i in range(count)})
-
-
-def _vae_bytes(pixels: int) -> int:
-    return pixels * VAE_CHANNELS * 4 * VAE_LIVE_TENSORS
 
 
 def plan_for(
@@ -111,14 +85,24 @@ def plan_for(
     allow_streaming: bool = True,
     vlm_bytes: Optional[int] = None,
     vae_bytes: Optional[int] = None,
-    text_tokens: int = TEXT_TOKENS,
+    text_tokens: Optional[int] = None,
+    guidance: float = DEFAULT_GUIDANCE,
+    vae_config: Optional[dict] = None,
+    vlm_config: Any = None,
 ) -> Plan:
-    """The plan for one run; raises BudgetError (one message naming what to change) when nothing fits."""
+    """The plan for one run; raises BudgetError (one message naming what to change) when nothing fits.
+
+    `text_tokens` defaults to what the conditioner hands the DiT for one image (`dit_text_tokens`);
+    `guidance` <= 1 plans a batch of one. `vae_config` / `vlm_config` (AutoencoderKLWan kwargs, a
+    Qwen3VLConfig) describe the model's VAE and conditioner; by default the released ones for the
+    full DiT, and for any other DiT the tiny VAE and no conditioner (unless `vlm_bytes` is given)."""
     if isinstance(preset, str):
         preset = load_preset(preset)
     args = _Args.resolve(model_or_config, budget, resolution, quantization, spotedit, preset, device, host_ram,
                          prefetch_depth, slots, max_resident_blocks, vae_tile, storage, vlm_bytes, vae_bytes, text_tokens)
     args.allow_streaming = allow_streaming
+    args.batch = cfg_batch(guidance)
+    args.vae_config, args.vlm_config = vae_config, vlm_config
     plan = _solve(args)
     if plan.fits:
         return plan
@@ -167,36 +151,101 @@ class _Args:
         return other
 
 
+class _Sizes:
+    """Weights and traced activations of one run, item by item (what `_solve` places)."""
+
+    def __init__(self, a: _Args):
+        model = a.model
+        config = model if isinstance(model, DiTConfig) else model.config
+        full = config == FULL_DIT_CONFIG
+        self.precision = a.quantization or _stored_precision(model)
+        if isinstance(model, nn.Module) and (is_quantized(model.double_blocks) or a.quantization is None):
+            self.blocks, self.other = model_dit_bytes(model)  # as the built model holds them
+        else:
+            block, self.other = dit_bytes(config, self.precision)
+            self.blocks = [block] * config.mm_double_blocks_depth
+        self.hidden = config.hidden_size
+        self.cuda = a.device == "cuda"
+        dtype = peaks.activation_dtype(a.device)
+        res, batch = a.resolution, a.batch
+        text = a.text_tokens if a.text_tokens is not None else dit_text_tokens(res)
+        self.text_tokens, self.image_tokens = text, (res // peaks.DIT_PATCH) ** 2
+        trace_precision = self.precision if self.precision in QUANTIZED else "bf16"
+        # Traced peaks behind each phase's activations (phase -> {what was traced: bytes}).
+        self.traced: dict[str, dict[str, int]] = {}
+        forward = peaks.dit_forward(config, trace_precision, dtype, res, text, batch)
+        denoise = {"dit forward": forward}
+        if a.spotedit:
+            vae_key = self.vae_key(a, full)
+            denoise[f"spotedit step ({SPOT_ACTIVE_FRACTION:.0%} active)"] = peaks.spot_step(
+                config, trace_precision, dtype, res, text, batch, SPOT_ACTIVE_FRACTION)
+            denoise["spotedit selector"] = peaks.selector(vae_key, res)
+        self.traced["denoise"] = denoise
+        from lowmem.spotedit.cache import estimate_cache_bytes
+
+        self.cache_per_block = estimate_cache_bytes(1, batch, self.image_tokens, 2, self.hidden, dtype) if a.spotedit else 0
+
+        vae_key = self.vae_key(a, full)
+        self.vae_key = vae_key
+        self.vae_weights = a.vae_bytes if a.vae_bytes is not None else peaks.vae_weight_bytes(vae_key)
+        self.traced["encode image"] = {"vae encode": peaks.vae_encode(vae_key, res)}
+        self.vlm_precision = self.precision if self.precision in QUANTIZED else "bf16"
+        vlm_config = a.vlm_config if a.vlm_config is not None else (peaks.qwen3_vl_8b_config() if full else None)
+        self.vlm_weights, self.vlm_layer, self.vlm_layers = a.vlm_bytes or 0, 0, 1
+        if vlm_config is not None:
+            config_json = peaks.conditioner_config_json(vlm_config)
+            layer, total = conditioner_bytes(config_json, self.vlm_precision)
+            self.vlm_layers = vlm_config.text_config.num_hidden_layers
+            self.vlm_weights = a.vlm_bytes if a.vlm_bytes is not None else total
+            self.vlm_layer = layer
+            prompt = text + DROPPED_PREFIX_TOKENS
+            self.traced["encode prompt"] = {"conditioner forward": peaks.conditioner(config_json, res, prompt, text)}
+        elif self.vlm_weights:
+            self.vlm_layer = self.vlm_weights // 36
+            self.traced["encode prompt"] = {}
+
+    @staticmethod
+    def vae_key(a: _Args, full: bool) -> tuple:
+        from lowmem.models.vae import FULL_VAE_CONFIG, TINY_VAE_CONFIG
+
+        config = a.vae_config if a.vae_config is not None else (FULL_VAE_CONFIG if full else TINY_VAE_CONFIG)
+        return peaks.vae_config_key(config)
+
+    def decode(self, resolution: int, tile: Optional[int]) -> int:
+        """Traced live bytes of decoding: untiled when `tile` is None."""
+        if tile is None or tile >= resolution:
+            return peaks.vae_decode(self.vae_key, resolution)
+        return peaks.vae_decode_tiled(self.vae_key, resolution, tile)
+
+    def activations(self, phase: str) -> int:
+        return max(self.traced.get(phase, {}).values(), default=0)
+
+
 def _solve(a: _Args) -> Plan:
-    cuda = a.device == "cuda"
-    blocks, other, hidden = dit_weight_bytes(a.model, a.quantization)
-    precision = a.quantization or _stored_precision(a.model)
+    sizes = _Sizes(a)
+    cuda = sizes.cuda
+    blocks, other = sizes.blocks, sizes.other
     n = len(blocks)
     block = max(blocks) if blocks else 0
-    full = isinstance(a.model, DiTConfig) and a.model == FULL_DIT_CONFIG or (
-        isinstance(a.model, nn.Module) and getattr(a.model, "config", None) == FULL_DIT_CONFIG)
-    # `lowmem quantize` and --quantization quantize the conditioner's decoder layers with the DiT.
-    vlm_precision = precision if precision in ("int8", "nf4") else "bf16"
-    vlm_bytes = a.vlm_bytes if a.vlm_bytes is not None else (_qwen3_vl_bytes(vlm_precision) if full else 0)
-    vae_weights = a.vae_bytes if a.vae_bytes is not None else (WAN21_VAE_PARAMS * 4 if full else 0)
-    act_bytes = 2 if cuda else 4  # bf16 compute on CUDA, float32 on CPU
-    image_tokens = (a.resolution // 16) ** 2
-    tokens = 2 * image_tokens + a.text_tokens
-    dit_act = 2 * tokens * hidden * act_bytes * ACTIVATION_TENSORS
-    vlm_tokens = (a.resolution // 28) ** 2 + a.text_tokens
-    vlm_act = vlm_tokens * QWEN3_VL_HIDDEN * 2 * 32 if vlm_bytes else 0
-    reserve = CUDA_RESERVE if cuda else 0
+    reserve = fixed_reserve(a.device)
     usable = int(a.budget * (1 - SAFETY))
-    # SpotEdit: per block, K and V of the condition tokens plus the fused non-edited target tokens, CFG batch 2.
-    cache_per_block = 2 * 2 * 2 * image_tokens * hidden * act_bytes if a.spotedit else 0
+    vlm_bytes, vae_weights = sizes.vlm_weights, sizes.vae_weights
 
-    pixels = a.resolution * a.resolution
-    smallest_decode = min(_vae_bytes(pixels), _tile_bytes(a.vae_tile or VAE_TILES[-1]))
+    def with_slack(live: int) -> int:
+        return live + allocator_slack(a.device, live)
+
+    dit_act = sizes.activations("denoise")
+    pixels_tile_min = VAE_TILES[-1] if a.vae_tile is None else min(a.vae_tile, a.resolution)
+    smallest_decode = sizes.decode(a.resolution, pixels_tile_min)
+
+    # Caches kept on the host come to the device one block at a time, through as many slots as
+    # the block ring has (or would have: prefetch depth + 1 when every block is resident).
+    cache_slots = max(a.slots or 0, a.depth + 1)
 
     def resident_count(cache_on_device: bool, slots: int) -> int:
-        caches = cache_per_block * n if cache_on_device else cache_per_block * slots
+        caches = sizes.cache_per_block * (n if cache_on_device else cache_slots)
         # The resident set must fit both while denoising and while decoding (smallest VAE tile).
-        fixed = reserve + other + vae_weights + max(dit_act + caches, smallest_decode)
+        fixed = reserve + other + vae_weights + max(with_slack(dit_act) + caches, with_slack(smallest_decode))
         room = usable - fixed - slots * block
         k = room // block if block else n
         if a.max_resident is not None:
@@ -221,7 +270,7 @@ def _solve(a: _Args) -> Plan:
             k, slots = n, 0
     k = max(0, k)
     resident = spread(k, n)
-    streamed_bytes = sum(blocks[i] for i in range(n) if i not in set(resident))
+    streamed = [blocks[i] for i in range(n) if i not in set(resident)]
     depth = min(a.depth, slots - 1) if slots else 0
     storage = "none"
     if slots:
@@ -229,11 +278,11 @@ def _solve(a: _Args) -> Plan:
         if storage == "auto":
             if not cuda:
                 storage = "disk"
-            elif a.host_ram is not None and streamed_bytes > a.host_ram // 2:
+            elif a.host_ram is not None and sum(streamed) > a.host_ram // 2:
                 storage = "disk"
             else:
                 storage = "pinned"
-    pinned = streamed_bytes if storage == "pinned" else 0
+    pinned = arena_bytes(streamed) if storage == "pinned" else 0
     notes = []
     if storage == "disk" and cuda:
         notes.append("streamed blocks exceed half the host RAM: they are read from per-block files on disk")
@@ -243,22 +292,29 @@ def _solve(a: _Args) -> Plan:
     # Phases.
     dit_resident = sum(blocks[i] for i in resident)
     slot_bytes = slots * block
-    caches_device = cache_per_block * n if cache_placement == "device" else cache_per_block * slots
+    caches_device = sizes.cache_per_block * (n if cache_placement == "device" else cache_slots)
     denoise = {"runtime reserve": reserve, "dit other weights": other, "dit resident blocks": dit_resident,
-               "dit slots": slot_bytes, "dit activations": dit_act, "vae weights": vae_weights}
+               "dit slots": slot_bytes, "dit activations": dit_act, "allocator slack": allocator_slack(a.device, dit_act),
+               "vae weights": vae_weights}
     if a.spotedit:
         denoise["spotedit caches"] = caches_device
     base_decode = reserve + other + dit_resident + slot_bytes + vae_weights
     tile = a.vae_tile
-    if tile is None and base_decode + _vae_bytes(pixels) > usable:
-        tile = next((t for t in VAE_TILES if t < a.resolution and base_decode + _tile_bytes(t) <= usable), VAE_TILES[-1])
+    untiled = sizes.decode(a.resolution, None)
+    if tile is None and base_decode + with_slack(untiled) > usable:
+        tile = next((t for t in VAE_TILES if t < a.resolution and base_decode + with_slack(sizes.decode(a.resolution, t))
+                     <= usable), VAE_TILES[-1])
     tiled = tile is not None and tile < a.resolution
-    decode_act = _tile_bytes(tile) if tiled else _vae_bytes(pixels)
+    decode_act = sizes.decode(a.resolution, tile if tiled else None)
+    sizes.traced["decode"] = {f"vae decode, {tile}px tiles" if tiled else "vae decode, untiled": decode_act}
+    encode_act = sizes.activations("encode image")
+    vlm_act = sizes.activations("encode prompt")
     # The conditioner stays resident only if it fits beside the DiT's device part in every phase:
     # while encoding the prompt, and through the image encode, denoising and decoding that follow.
     dit_part = other + dit_resident + slot_bytes
-    later_peak = max(sum(denoise.values()), base_decode + decode_act, reserve + dit_part + vae_weights + _vae_bytes(pixels))
-    vlm_resident = bool(vlm_bytes) and max(later_peak, reserve + dit_part + vae_weights + vlm_act) + vlm_bytes <= usable
+    later_peak = max(sum(denoise.values()), base_decode + with_slack(decode_act),
+                     reserve + dit_part + vae_weights + with_slack(encode_act))
+    vlm_resident = bool(vlm_bytes) and max(later_peak, reserve + dit_part + vae_weights + with_slack(vlm_act)) + vlm_bytes <= usable
     vlm_placement = "resident" if vlm_resident else "run-then-evicted"
     resident_vlm = {"vlm weights": vlm_bytes} if vlm_resident else {}
     # When the conditioner and the DiT do not fit together, the DiT's device part is placed after
@@ -270,54 +326,44 @@ def _solve(a: _Args) -> Plan:
     phases = {}
     if vlm_bytes:
         encode = {"runtime reserve": reserve, "vlm weights": vlm_bytes, "vlm activations": vlm_act,
-                  "vae weights": vae_weights, **dit_during_encode}
-        if reserve + vlm_bytes + vlm_act + vae_weights > usable:
+                  "allocator slack": allocator_slack(a.device, vlm_act), "vae weights": vae_weights, **dit_during_encode}
+        if reserve + vlm_bytes + with_slack(vlm_act) + vae_weights > usable:
             vlm_placement = "streamed"
-            layer = vlm_bytes // 36
-            encode["vlm weights"] = 3 * layer  # streamed layer by layer through 3 slots, then evicted
+            # Everything but the decoder layers on the device, the layers through a ring of slots.
+            outside = vlm_bytes - sizes.vlm_layers * sizes.vlm_layer
+            encode["vlm weights"] = outside + VLM_STREAM_SLOTS * sizes.vlm_layer
             notes.append("the conditioner does not fit whole: it is streamed layer by layer, then evicted")
         phases["encode prompt"] = encode
     phases["encode image"] = {"runtime reserve": reserve, **resident_vlm, **dit_during_encode, "vae weights": vae_weights,
-                              "vae encode": _vae_bytes(pixels)}
+                              "vae encode": encode_act, "allocator slack": allocator_slack(a.device, encode_act)}
     phases["denoise"] = {**resident_vlm, **denoise}
     phases["decode"] = {"runtime reserve": reserve, **resident_vlm, "dit other weights": other,
                         "dit resident blocks": dit_resident, "dit slots": slot_bytes, "vae weights": vae_weights,
-                        "vae decode": decode_act}
+                        "vae decode": decode_act, "allocator slack": allocator_slack(a.device, decode_act)}
     if k < 0 or resident_count(cache_placement == "device", slots) < 0:
         phases["denoise"]["dit slots"] = max(slot_bytes, block)  # cannot hold even one slot
     phases = {name: {k: v for k, v in items.items() if v} for name, items in phases.items()}
-    dit_total = sum(blocks) + other
+    traced = {name: sizes.traced[name] for name in phases if sizes.traced.get(name)}
     dit = DiTPlan(
-        precision=precision, placement="resident" if not slots else "streamed", weight_bytes=dit_total,
+        precision=sizes.precision, placement="resident" if not slots else "streamed", weight_bytes=sum(blocks) + other,
         num_blocks=n, block_bytes=block, other_bytes=other, resident_blocks=resident, prefetch_depth=depth,
         slots=slots, storage=storage, pinned_host_bytes=pinned,
     )
     return Plan(
-        device=a.device, budget=a.budget, resolution=a.resolution, image_tokens=image_tokens, text_tokens=a.text_tokens,
-        vlm=ComponentPlan(precision=vlm_precision, placement=vlm_placement, weight_bytes=vlm_bytes),
+        device=a.device, budget=a.budget, resolution=a.resolution, image_tokens=sizes.image_tokens,
+        text_tokens=sizes.text_tokens, batch=a.batch,
+        vlm=ComponentPlan(precision=sizes.vlm_precision, placement=vlm_placement, weight_bytes=vlm_bytes),
         dit=dit,
         vae=VAEPlan(precision="fp32", placement="resident", weight_bytes=vae_weights, tiled=tiled, tile=tile if tiled else None),
-        spotedit=SpotEditPlan(enabled=a.spotedit, cache_placement=cache_placement, cache_bytes=cache_per_block * n),
-        estimate=MemoryEstimate(phases=phases), preset=a.preset, notes=notes,
+        spotedit=SpotEditPlan(enabled=a.spotedit, cache_placement=cache_placement, cache_bytes=sizes.cache_per_block * n),
+        estimate=MemoryEstimate(phases=phases, traced=traced), preset=a.preset, notes=notes,
     )
-
-
-def _qwen3_vl_bytes(precision: str) -> int:
-    """Qwen3-VL-8B's weight bytes with its decoder layers in `precision` and the rest in bf16."""
-    per_param = {"bf16": 2.0, "int8": 1.0, "nf4": NF4_BYTES}[precision]
-    layers = QWEN3_VL_8B_LAYER_PARAMS
-    return int((QWEN3_VL_8B_PARAMS - layers) * 2 + layers * per_param)
-
-
-def _tile_bytes(tile: Optional[int]) -> int:
-    t = int(tile or 0) * 5 // 4  # tile plus its overlap with the neighbours
-    return _vae_bytes(t * t)
 
 
 def _stored_precision(model: ModelOrConfig) -> str:
     if isinstance(model, DiTConfig):
         return "bf16"
-    if _is_quantized(model.double_blocks):
+    if is_quantized(model.double_blocks):
         # Quantized modules name their scheme (quantize.QuantizedLinear.scheme); the planner only reads it.
         schemes = {m.scheme for m in model.double_blocks.modules() if isinstance(getattr(m, "scheme", None), str)}
         return "+".join(sorted(schemes)) or "quantized"
