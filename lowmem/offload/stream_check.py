@@ -102,7 +102,7 @@ class _Replay:
         if op.kind == "copy":
             self.touch(op.src, me(False), clock)
             self.expect(i, op.src, op.tag, "copies from")
-        if op.kind == "use":
+        if op.kind == "use" and op.tag is not None:  # tag None: compute only writes the buffer
             self.expect(i, op.buffer, op.tag, "reads")
         writes = op.kind != "use" or op.writes is not None
         self.touch(op.buffer, me(writes), clock)

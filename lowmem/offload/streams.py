@@ -99,8 +99,9 @@ class Streams:
     def write(self, dst: Buffer, tag: str, fill: Callable[[torch.Tensor], None]) -> None:
         fill(dst.tensor)
 
-    def use(self, buffer: Buffer, tag: str, writes: Optional[str] = None) -> None:
-        """Compute is about to read `buffer` (and, with `writes`, leave new content in it)."""
+    def use(self, buffer: Buffer, tag: Optional[str], writes: Optional[str] = None) -> None:
+        """Compute is about to read `buffer` holding `tag` (None: compute does not read it) and, with
+        `writes`, leave new content in it."""
 
     # -- ordering -----------------------------------------------------------------------------
     def event(self, name: str) -> Event:
@@ -220,7 +221,7 @@ class RecordingStreams(Streams):
         super().write(dst, tag, fill)
         self._log("write", buffer=dst.name, tag=tag)
 
-    def use(self, buffer: Buffer, tag: str, writes: Optional[str] = None) -> None:
+    def use(self, buffer: Buffer, tag: Optional[str], writes: Optional[str] = None) -> None:
         self._log("use", COMPUTE, buffer=buffer.name, tag=tag, writes=writes)
 
     def record(self, event: Event, stream: Optional[str] = None) -> None:
