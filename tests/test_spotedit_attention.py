@@ -123,9 +123,9 @@ def test_fusion_moves_reused_tokens_toward_the_condition():
     spot = DiTSpotModel(model)
     cache = spot.new_cache()
     spot.full(latents, t, text, mask, cache)
-    before = cache.kv[0].clone()
+    before = cache.view(0).clone()
     spot.partial(latents, t, text, mask, torch.tensor([0]), cache, alpha=0.0)  # alpha 0: take the condition
-    kv = cache.kv[0]
+    kv = cache.view(0)
     target, cond = kv[:, :, :16], kv[:, :, 16:]
     assert torch.equal(cond, before[:, :, 16:])  # the condition cache is read-only in spot steps
     assert torch.allclose(target[1, :, 1:], cond[1, :, 1:])

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from lowmem.models.rope import apply_rope, grid_rope
-from lowmem.spotedit.cache import SpotKVCache
+from lowmem.spotedit.cache import SpotKVCache, kv_views
 
 
 def fusion_alpha(sigma: float) -> float:
@@ -44,6 +44,21 @@ def frame_shift_rope(rope_dim_list, theta: float, from_frame: int, to_frame: int
     ca, sa, cb, sb = cos[to_frame, :dims], sin[to_frame, :dims], cos[from_frame, :dims], sin[from_frame, :dims]
     # angle(to) - angle(from): cos(a-b) = ca cb + sa sb, sin(a-b) = sa cb - ca sb
     return (ca * cb + sa * sb)[None], (sa * cb - ca * sb)[None]
+
+
+def fuse_reused(target: torch.Tensor, condition: torch.Tensor, reused: torch.Tensor, alpha: float,
+                shift: Optional[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """SpotFusion in place on a block's cache: the target entries at `reused` (target (n, 2, B, H, D),
+    token-major) become alpha * cached + (1 - alpha) * the condition entry at the same position
+    (condition (n, 2, B, H, D), the first condition item), condition keys turned by `shift` first.
+    Temporaries: the selected condition and target entries (2 x Lr x 2BHD) and the key rotation's."""
+    ref = condition.index_select(0, reused)
+    if shift is not None:
+        dims = shift[0].shape[-1]
+        ref[:, 0, ..., :dims] = apply_rope(ref[:, 0, ..., :dims], *shift)
+    cached = target.index_select(0, reused)
+    torch.lerp(ref, cached, alpha, out=cached)
+    target.index_copy_(0, reused, cached)
 
 
 class RecordHook:
@@ -77,16 +92,12 @@ class SpotHook:
         self.shift = shift  # frame-shift rotation condition -> target for the temporal key channels
 
     def __call__(self, index: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        kv = self.cache.fetch(index, k.device)  # (2, B, L_img, H, D), target tokens first
-        kv[0].index_copy_(1, self.active, k.to(kv.dtype))
-        kv[1].index_copy_(1, self.active, v.to(kv.dtype))
+        block = self.cache.open(index)  # (L_img, 2, B, H, D) on the compute device, target tokens first
+        keys, values = kv_views(block)
+        keys.index_copy_(1, self.active, k.to(block.dtype))
+        values.index_copy_(1, self.active, v.to(block.dtype))
         if self.alpha is not None and self.reused.numel():
             n = self.cache.tokens_per_item
-            ref = kv[:, :, n : 2 * n].index_select(2, self.reused)  # first condition item, same rows/columns
-            if self.shift is not None:
-                dims = self.shift[0].shape[-1]
-                ref[0, ..., :dims] = apply_rope(ref[0, ..., :dims], *self.shift)
-            fused = torch.lerp(ref, kv.index_select(2, self.reused), self.alpha)  # alpha * cached + (1 - alpha) * cond
-            kv.index_copy_(2, self.reused, fused)
-        self.cache.store(index, kv)
-        return kv[0].to(k.dtype), kv[1].to(v.dtype)
+            fuse_reused(block[:n], block[n : 2 * n], self.reused, self.alpha, self.shift)
+        self.cache.close(index)  # a host-placed cache writes the target part back
+        return keys.to(k.dtype), values.to(v.dtype)

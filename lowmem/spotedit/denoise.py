@@ -36,6 +36,7 @@ class SpotOutcome:
     full_steps: list[int] = field(default_factory=list)
     cache_bytes: int = 0
     cache_device: str = ""
+    cache_bytes_moved: int = 0  # host <-> device copies of a host-placed cache, whole edit
     edited_mask: Optional[torch.Tensor] = None  # (h, w) bool token mask of the final edited region
 
     def report_items(self) -> dict:
@@ -45,6 +46,7 @@ class SpotOutcome:
             "spot_full_steps": self.full_steps,
             "spot_cache_bytes": self.cache_bytes,
             "spot_cache_device": self.cache_device or "-",
+            "spot_cache_bytes_moved": self.cache_bytes_moved,
         }
 
     def mask_image(self, size: tuple[int, int]) -> Optional[Image.Image]:
@@ -122,4 +124,6 @@ def spot_denoise(
     outcome.edited_mask = edited
     if cache is not None:
         outcome.cache_bytes, outcome.cache_device = cache.nbytes, str(cache.device)
+        outcome.cache_bytes_moved = cache.bytes_loaded + cache.bytes_written_back
+        cache.release()
     return x, outcome

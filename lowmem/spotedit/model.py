@@ -14,15 +14,19 @@ import torch
 
 from lowmem.models.dit import SpatialEditDiT, TokenGrid
 from lowmem.spotedit.attention import RecordHook, SpotHook, frame_shift_rope, gather_rope
-from lowmem.spotedit.cache import SpotKVCache
+from lowmem.spotedit.cache import CACHE_PREFETCH, CACHE_SLOTS, SpotKVCache
 
 
 class DiTSpotModel:
     def __init__(self, dit: SpatialEditDiT):
         self.dit = dit
 
-    def new_cache(self, device: Optional[torch.device | str] = None) -> SpotKVCache:
-        return SpotKVCache(len(self.dit.double_blocks), device)
+    def new_cache(self, device: Optional[torch.device | str] = None, placement: Optional[str] = None,
+                  slots: int = CACHE_SLOTS, prefetch: int = CACHE_PREFETCH) -> SpotKVCache:
+        """Caches for every block, living on `device` (None: where the blocks run); a host-placed
+        cache moves through its ring on the same streams as the DiT's streamed weights."""
+        streams = getattr(self.dit.block_runner, "streams", None)
+        return SpotKVCache(len(self.dit.double_blocks), device, placement, slots, prefetch, streams)
 
     def full(
         self,
@@ -37,8 +41,11 @@ class DiTSpotModel:
         img, grid = dit.embed_image(latents)
         hook = RecordHook(cache, grid.per_item) if cache is not None else None
         txt, ctx = dit.context(timestep, text_states, text_mask, grid, kv_hook=hook)
+        if cache is not None:
+            cache.begin_forward(spot=False)
         img, _ = dit.block_runner(dit.double_blocks, img, txt, ctx)
         if cache is not None:
+            cache.end_forward()
             cache.recorded_steps += 1
         return dit.head(img[:, : grid.per_item], grid)
 
@@ -70,9 +77,11 @@ class DiTSpotModel:
             cfg = dit.config
             shift = frame_shift_rope(cfg.rope_dim_list, cfg.theta, from_frame=1, to_frame=0, device=tokens.device)
         hook = SpotHook(cache, active, reused, alpha, shift)
+        cache.begin_forward(spot=True)  # the first blocks' caches start moving in now
         txt, ctx = dit.context(timestep, text_states, text_mask, grid, kv_hook=hook)
         cos, sin = gather_rope(ctx.rope_cos, ctx.rope_sin, active)  # target tokens come first
         ctx = replace(ctx, rope_cos=cos, rope_sin=sin)
         img, _ = dit.block_runner(dit.double_blocks, img, txt, ctx)
+        cache.end_forward()
         hidden = img.new_zeros(img.shape[0], n, img.shape[2]).index_copy_(1, active, img)
         return dit.head(hidden, target_grid)
