@@ -6,7 +6,7 @@ Every number is an exact count or a trace, written out item by item per phase so
   * activations: the peak live bytes of the real modules on `meta` at this resolution, text length
     and CFG batch (`phase_peaks`: the DiT forward, a SpotEdit partial step and its selector, the
     VAE's encode and decode, untiled or per tile, the conditioner's forward);
-  * SpotEdit's K/V caches by `spotedit.cache.estimate_cache_bytes`; pinned host RAM as the arena
+  * SpotEdit's K/V caches by `spotedit.footprint.spot_cache_bytes`; pinned host RAM as the arena
     allocates it (`arena.arena_bytes`);
   * CUDA: the reserve of `reserve` (context, cuBLAS workspaces, allocator slack on the traced bytes).
 The planner keeps as many DiT blocks resident as fit (spread evenly over the stack) and streams
@@ -181,9 +181,10 @@ class _Sizes:
                 config, trace_precision, dtype, res, text, batch, SPOT_ACTIVE_FRACTION)
             denoise["spotedit selector"] = peaks.selector(vae_key, res)
         self.traced["denoise"] = denoise
-        from lowmem.spotedit.cache import estimate_cache_bytes
+        from lowmem.spotedit.footprint import spot_cache_bytes
 
-        self.cache_per_block = estimate_cache_bytes(1, batch, self.image_tokens, 2, self.hidden, dtype) if a.spotedit else 0
+        self.cache_per_block = (spot_cache_bytes(config, self.image_tokens, "device", batch=batch, dtype=dtype).block
+                                if a.spotedit else 0)
 
         vae_key = self.vae_key(a, full)
         self.vae_key = vae_key
