@@ -150,3 +150,13 @@ def test_missing_keys_and_wrong_config(tmp_path: Path, tiny_path: Path) -> None:
     torch.save({"weight": torch.zeros(2)}, foreign)
     with pytest.raises(ValueError, match="corrupt or not a Wan2.1 VAE"):
         WanVAE.from_file(foreign, TINY_VAE_CONFIG)
+
+
+def test_tiled_decode_overlap_sets_the_blend_and_a_whole_image_tile_is_untiled(vae: WanVAE) -> None:
+    z = torch.randn(1, 16, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+    untiled = vae.decode(z)
+    quarter, half = vae.decode(z, tiled=True, tile=64), vae.decode(z, tiled=True, tile=64, overlap=0.5)
+    assert not torch.equal(quarter, half) and not torch.equal(quarter, untiled)
+    assert torch.equal(vae.decode(z, tiled=True, tile=96), untiled)  # one tile holds the whole 96 px image
+    with pytest.raises(ValueError, match="overlap"):
+        vae.decode(z, tiled=True, tile=64, overlap=1.0)

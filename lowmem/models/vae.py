@@ -187,11 +187,14 @@ class WanVAE:
         return (z - mean) / std
 
     @torch.no_grad()
-    def decode(self, latents: Tensor, tiled: bool = False, tile: int | None = None) -> Tensor:
+    def decode(self, latents: Tensor, tiled: bool = False, tile: int | None = None, overlap: float = 0.25) -> Tensor:
         """Normalised latents (B,16,1,h,w) -> images (B,3,8h,8w) in [0,1].
 
-        ``tiled`` uses diffusers' spatial tiling; ``tile`` is the tile edge in pixels (multiple of 8,
-        default diffusers' 256) with a 1/4 overlap between neighbouring tiles.
+        ``tiled`` uses diffusers' spatial tiling (neighbouring tiles blended linearly over their
+        overlap); ``tile`` is the tile edge in pixels (multiple of 8, default diffusers' 256) and
+        ``overlap`` the fraction of it shared with each neighbour. Tiles differ from the untiled
+        decode (the decoder's mid-block attention sees one tile, not the whole latent):
+        bench/vae_tiling.py measures by how much.
         """
         self._check_latents(latents)
         z = latents.to(device=self.device, dtype=self.dtype)
@@ -206,8 +209,10 @@ class WanVAE:
                 size = 256 if tile is None else int(tile)
                 if size % _SPATIAL or size < 2 * _SPATIAL:
                     raise ValueError(f"VAE tile size must be a multiple of {_SPATIAL} and >= 16, got {size}")
+                if not 0 <= overlap < 1:
+                    raise ValueError(f"VAE tile overlap must be in [0, 1), got {overlap}")
                 # Stride must stay a multiple of 8 (diffusers divides it by the compression ratio).
-                stride = max(_SPATIAL, (size * 3 // 4) // _SPATIAL * _SPATIAL)
+                stride = max(_SPATIAL, (size - round(size * overlap)) // _SPATIAL * _SPATIAL)
                 m.enable_tiling(size, size, stride, stride)
             else:
                 m.use_tiling = False
