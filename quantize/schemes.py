@@ -33,12 +33,18 @@ BACKENDS = ("bnb", "quanto")
 GROUP_SIZE = 64  # nf4 block size (bnb) / int4 group size (quanto)
 SCALE_GROUP_SIZE = 256  # double quantization: one float32 absmax per 256 block scales (bnb's choice)
 
-# Chosen from measurements on CPU: int8 is equally accurate on both (same absmax math) and bnb
-# dequantizes ~15x faster. For 4-bit, quanto's affine groups only win on uniform random weights
-# (0.064 vs 0.091 weight rel.err); on Gaussian weights the two tie (0.090 vs 0.092) and on
-# heavy-tailed ones, the shape of trained weights, bnb's NF4 code book is better (0.111 vs 0.118),
-# dequantizes 2-4x faster and has CUDA kernels; and "nf4" should mean NF4.
-DEFAULT_BACKEND = {"int8": "bnb", "nf4": "bnb"}
+# Chosen per device kind from bench/quant.py's kernel table (numbers in quantize/README.md). The
+# backend fixes the stored format, so a folder keeps it wherever it runs; `lowmem quantize` writes the
+# CUDA choice. int8: both backends store the same per-row absmax codes and dequantize through one
+# torch kernel (a tie in error and time), bnb kept. nf4: bnb is more accurate on heavy-tailed
+# weights (0.112 vs 0.118) and dequantizes 3-13x faster on the CPU (its own kernel vs quanto's
+# unpack in torch ops). CUDA row: not measured yet (no GPU lent); run
+# `python bench/quant.py --kernels-only --device cuda`, which checks this table.
+DEFAULT_BACKEND_BY_DEVICE = {
+    "cpu": {"int8": "bnb", "nf4": "bnb"},
+    "cuda": {"int8": "bnb", "nf4": "bnb"},
+}
+DEFAULT_BACKEND = DEFAULT_BACKEND_BY_DEVICE["cuda"]  # what `lowmem quantize` writes: the product runs on CUDA
 
 
 def check_scheme(scheme: str, backend: str | None = None) -> str:

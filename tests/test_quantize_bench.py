@@ -15,9 +15,16 @@ def test_bench_quant_fast(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "quant.py"), "--fast", "--out", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "best backend per scheme" in proc.stdout.strip().splitlines()[-1]
+    assert "default backend per scheme measured on cpu" in proc.stdout.strip().splitlines()[-1]
     result = json.loads(out.read_text())
-    rows = {r["variant"]: r for r in result["rows"]}
+    kernels = result["kernels"]
+    assert {(r["scheme"], r["backend"], r["dtype"]) for r in kernels["rows"]} == {
+        (s, b, d) for s in ("int8", "nf4") for b in ("bnb", "quanto") for d in ("float32", "bfloat16")}
+    for r in kernels["rows"]:
+        assert r["dequant_ms"] > 0 and set(r["matmul_ms"]) == set(r["dense_ms"]) == {str(m) for m in kernels["tokens"]}
+        assert bool(r["fused_ms"]) == (r["scheme"] == "int8") and (r["library_ms"] is not None) == (r["backend"] == "bnb")
+    assert set(kernels["defaults"]) == {"int8", "nf4"}
+    rows = {r["variant"]: r for r in result["model"]["rows"]}
     assert set(rows) == {"bf16", "int8/bnb", "int8/quanto", "nf4/bnb", "nf4/quanto"}
     for scheme in ("int8", "nf4"):
         for backend in ("bnb", "quanto"):
