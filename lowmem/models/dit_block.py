@@ -34,8 +34,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+        # One float32 copy of x alive at a time (squared in place); x * r promotes to float32 exactly
+        # as the float32 copy would, so the numbers are those of the textbook form.
+        mean_square = x.to(torch.float32, copy=True).pow_(2).mean(-1, keepdim=True)
+        normed = (x * torch.rsqrt(mean_square + self.eps)).type_as(x)
         return normed * self.weight
 
 
@@ -82,16 +84,41 @@ class MMDoubleStreamBlock(nn.Module):
             setattr(self, f"{stream}_mlp", FeedForward(hidden_size, inner_dim=mlp_hidden, activation_fn="gelu-approximate"))
 
     def _qkv(self, stream: str, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor):
+        """q, k (normed) and v (B, L, H, D); v is a view of the qkv projection, which lives as long as v."""
         h = modulate(getattr(self, f"{stream}_norm1")(x), shift, scale)
         qkv = getattr(self, f"{stream}_attn_qkv")(h)
-        q, k, v = qkv.unflatten(-1, (3, self.heads_num, -1)).unbind(dim=2)  # each (B, L, H, D)
+        del h
+        q, k, v = qkv.unflatten(-1, (3, self.heads_num, -1)).unbind(dim=2)
         q = getattr(self, f"{stream}_attn_q_norm")(q).to(v.dtype)
         k = getattr(self, f"{stream}_attn_k_norm")(k).to(v.dtype)
         return q, k, v
 
-    def _update(self, stream: str, x: torch.Tensor, attn: torch.Tensor, mods: list[torch.Tensor]) -> torch.Tensor:
-        _, _, gate1, shift2, scale2, gate2 = mods
-        x = x + getattr(self, f"{stream}_attn_proj")(attn) * gate1.unsqueeze(1)
+    def _attention(
+        self, img: torch.Tensor, txt: torch.Tensor, img_mods: list, txt_mods: list, ctx: BlockContext, index: int
+    ) -> torch.Tensor:
+        """Joint attention output (B, L_img + L_txt, hidden). Every q/k/v and both qkv projections are
+        dropped as soon as the joint q/k/v hold them, so none is alive past the attention."""
+        n_img = img.shape[1]
+        txt_q, txt_k, txt_v = self._qkv("txt", txt, txt_mods[0], txt_mods[1])
+        img_q, img_k, img_v = self._qkv("img", img, img_mods[0], img_mods[1])
+        q = img_q.new_empty(img_q.shape[0], n_img + txt_q.shape[1], *img_q.shape[2:])
+        apply_rope(img_q, ctx.rope_cos, ctx.rope_sin, out=q[:, :n_img])  # RoPE'd straight into the joint q
+        q[:, n_img:] = txt_q
+        del img_q, txt_q
+        img_k = apply_rope(img_k, ctx.rope_cos, ctx.rope_sin)
+        if ctx.kv_hook is not None:
+            img_k, img_v = ctx.kv_hook(index, img_k, img_v)
+        k = torch.cat((img_k, txt_k), dim=1)
+        del img_k, txt_k
+        v = torch.cat((img_v, txt_v), dim=1)
+        del img_v, txt_v  # the last views of the qkv projections
+        return joint_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ctx.text_padding)
+
+    def _attention_residual(self, stream: str, x: torch.Tensor, attn: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        return x + getattr(self, f"{stream}_attn_proj")(attn) * gate.unsqueeze(1)
+
+    def _mlp_residual(self, stream: str, x: torch.Tensor, mods: list[torch.Tensor]) -> torch.Tensor:
+        _, _, _, shift2, scale2, gate2 = mods
         mlp_in = modulate(getattr(self, f"{stream}_norm2")(x), shift2, scale2)
         return x + getattr(self, f"{stream}_mlp")(mlp_in) * gate2.unsqueeze(1)
 
@@ -100,19 +127,9 @@ class MMDoubleStreamBlock(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         img_mods = self.img_mod(ctx.vec)
         txt_mods = self.txt_mod(ctx.vec)
-        img_q, img_k, img_v = self._qkv("img", img, img_mods[0], img_mods[1])
-        img_q = apply_rope(img_q, ctx.rope_cos, ctx.rope_sin)
-        img_k = apply_rope(img_k, ctx.rope_cos, ctx.rope_sin)
-        txt_q, txt_k, txt_v = self._qkv("txt", txt, txt_mods[0], txt_mods[1])
-        if ctx.kv_hook is not None:
-            img_k, img_v = ctx.kv_hook(index, img_k, img_v)
-
-        q = torch.cat((img_q, txt_q), dim=1).transpose(1, 2)
-        k = torch.cat((img_k, txt_k), dim=1).transpose(1, 2)
-        v = torch.cat((img_v, txt_v), dim=1).transpose(1, 2)
-        attn = joint_attention(q, k, v, ctx.text_padding)
-
+        attn = self._attention(img, txt, img_mods, txt_mods, ctx, index)
         n_img = img.shape[1]
-        img = self._update("img", img, attn[:, :n_img], img_mods)
-        txt = self._update("txt", txt, attn[:, n_img:], txt_mods)
-        return img, txt
+        img = self._attention_residual("img", img, attn[:, :n_img], img_mods[2])
+        txt = self._attention_residual("txt", txt, attn[:, n_img:], txt_mods[2])
+        del attn  # both streams' MLPs run without the attention output alive
+        return self._mlp_residual("img", img, img_mods), self._mlp_residual("txt", txt, txt_mods)

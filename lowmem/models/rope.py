@@ -11,6 +11,7 @@ every forward of an edit reuses them, and no table is ever copied between device
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Optional
 
 import torch
 
@@ -53,13 +54,25 @@ def grid_rope(
     return _grid_tables(tuple(int(n) for n in grid), tuple(int(d) for d in rope_dim_list), float(theta), device)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, L, heads, head_dim) by per-token tables (L, head_dim) or (B, L, head_dim)."""
+def apply_rope(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Rotate x (B, L, heads, head_dim) by per-token tables (L, head_dim) or (B, L, head_dim) laid out
+    as `grid_rope` makes them (each value repeated for its channel pair), into `out` when given.
+
+    Each pair (e, o) becomes (e cos - o sin, o cos + e sin), computed in float32 and rounded once to
+    x's dtype: the same roundings as rotating the whole float32 copy, but with two half-size float32
+    temporaries alive at a time instead of five full-size ones."""
     if cos.dim() == 2:
-        cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+        cos, sin = cos[None, :, None, 0::2], sin[None, :, None, 0::2]
     else:
-        cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-    xf = x.float()
-    even, odd = xf.unflatten(-1, (-1, 2)).unbind(-1)
-    rotated = torch.stack((-odd, even), dim=-1).flatten(-2)
-    return (xf * cos + rotated * sin).type_as(x)
+        cos, sin = cos[:, :, None, 0::2], sin[:, :, None, 0::2]
+    out = torch.empty_like(x) if out is None else out
+    even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
+    out_even, out_odd = out.unflatten(-1, (-1, 2)).unbind(-1)
+    for target, straight, crossed, sign in ((out_even, even, odd, -1), (out_odd, odd, even, 1)):
+        rotated = straight * cos  # float32: the tables are float32
+        rotated.add_(crossed * sin, alpha=sign)
+        target.copy_(rotated)
+        del rotated
+    return out
