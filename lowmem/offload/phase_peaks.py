@@ -30,7 +30,6 @@ from functools import lru_cache
 from typing import Any, Optional
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from lowmem.models.dit import SpatialEditDiT, build_dit
 from lowmem.models.dit_config import DiTConfig
@@ -81,6 +80,15 @@ def traced_dit(config: DiTConfig, precision: str, dtype: torch.dtype, depth: int
     return model
 
 
+def _trace_dit(fn) -> int:
+    """Trace a DiT call with its RoPE tables built inside it: they are cached per grid and device
+    (and stay on the device for the run), so a trace must not depend on what ran before."""
+    from lowmem.models import rope
+
+    rope._grid_tables.cache_clear()
+    return trace_peak(fn)
+
+
 def _dit_inputs(config: DiTConfig, resolution: int, text_tokens: int, batch: int, dtype: torch.dtype):
     side = resolution // VAE_SCALE
     latents = torch.empty(batch, 2, config.in_channels, 1, side, side, device=META, dtype=dtype)  # [condition ; target]
@@ -94,7 +102,7 @@ def dit_forward(config: DiTConfig, precision: str, dtype: torch.dtype, resolutio
     """Peak bytes of one full DiT forward (the denoising step's network call)."""
     model = traced_dit(config, precision, dtype)
     latents, timestep, text = _dit_inputs(config, resolution, text_tokens, batch, dtype)
-    return trace_peak(lambda: model(latents, timestep, text))
+    return _trace_dit(lambda: model(latents, timestep, text))
 
 
 @lru_cache(maxsize=64)
@@ -115,20 +123,7 @@ def dit_outside_blocks(config: DiTConfig, precision: str, dtype: torch.dtype, re
     model = copy.copy(traced_dit(config, precision, dtype))
     model.block_runner = lambda blocks, img, txt, ctx: (img, txt)
     latents, timestep, text = _dit_inputs(config, resolution, text_tokens, batch, dtype)
-    return trace_peak(lambda: model(latents, timestep, text))
-
-
-class _NonzeroCount(TorchDispatchMode):
-    """Answers `nonzero` on meta (whose result size depends on data) with `count` indices."""
-
-    def __init__(self, count: int):
-        super().__init__()
-        self.count = count
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten.nonzero.default and args[0].device.type == "meta":
-            return torch.empty(self.count, args[0].dim(), dtype=torch.long, device=META)
-        return func(*args, **(kwargs or {}))
+    return _trace_dit(lambda: model(latents, timestep, text))
 
 
 @lru_cache(maxsize=64)
@@ -145,14 +140,9 @@ def spot_step(config: DiTConfig, precision: str, dtype: torch.dtype, resolution:
         cache = spot.new_cache(META)
         spot.full(latents, timestep, text, None, cache)  # the caches exist before a partial step
     tokens = (resolution // DIT_PATCH) ** 2
-    active = max(1, round(active_fraction * tokens))
-    index = torch.empty(active, dtype=torch.long, device=META)
-
-    def step():
-        with _NonzeroCount(tokens - active):
-            spot.partial(latents, timestep, text, None, index, cache, 0.5)
-
-    return trace_peak(step)
+    # Which tokens are active is decided on the host (real indices); which ones does not change the bytes.
+    active = torch.arange(max(1, round(active_fraction * tokens)))
+    return _trace_dit(lambda: spot.partial(latents, timestep, text, None, active, cache, 0.5))
 
 
 @lru_cache(maxsize=16)
