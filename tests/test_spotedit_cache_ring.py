@@ -7,6 +7,7 @@ to caches kept on the device, and a spot step writes back the target part only."
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import replace
 
@@ -25,6 +26,15 @@ CFG = replace(TINY_DIT_CONFIG, mm_double_blocks_depth=BLOCKS)
 N = 16  # target tokens of an 8x8 latent
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These forwards are tiny: with several threads on a shared machine, spinning costs 40x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def dit():
     torch.manual_seed(0)
@@ -35,12 +45,12 @@ def dit():
     return model
 
 
-def inputs(seed: int):
+def inputs(seed: int, device: str = "cpu", dtype: torch.dtype = torch.float32):
     g = torch.Generator().manual_seed(seed)
     latents = torch.randn(1, 2, 16, 1, 8, 8, generator=g).expand(2, -1, -1, -1, -1, -1).contiguous()
     text = torch.randn(2, 5, CFG.text_states_dim, generator=g)
     mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
-    return latents, text, mask
+    return latents.to(device, dtype), text.to(device, dtype), mask.to(device)
 
 
 ACTIVE = torch.tensor([0, 3, 4, 9, 10, 15])
@@ -48,18 +58,20 @@ ACTIVE = torch.tensor([0, 3, 4, 9, 10, 15])
 SCHEDULE = [None, ACTIVE, torch.tensor([5]), None, torch.arange(N)]
 
 
-def run_edits(spot: DiTSpotModel, cache: SpotKVCache, edits: int = 2) -> list[torch.Tensor]:
+def run_edits(spot: DiTSpotModel, cache: SpotKVCache, edits: int = 2, device: str = "cpu",
+              dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
     """`edits` edits in a row on one cache; the outputs of every forward and the caches after each."""
     outs = []
     for edit in range(edits):
-        latents, text, mask = inputs(edit)
+        latents, text, mask = inputs(edit, device, dtype)
         for step, active in enumerate(SCHEDULE):
-            t = torch.tensor([900.0 - 150 * step] * 2)
+            t = torch.tensor([900.0 - 150 * step] * 2, device=device)
             if active is None:
                 outs.append(spot.full(latents, t, text, mask, cache))
             else:
-                outs.append(spot.partial(latents, t, text, mask, active, cache, fusion_alpha(float(t[0]) / 1000)))
-        outs += [cache.view(i).clone() for i in range(BLOCKS)]
+                alpha = fusion_alpha(float(t[0]) / 1000)
+                outs.append(spot.partial(latents, t, text, mask, active.to(device), cache, alpha))
+        outs += [cache.view(i).to("cpu", copy=True) for i in range(BLOCKS)]
         cache.release()
     return outs
 
@@ -205,3 +217,16 @@ def test_spot_denoise_with_host_caches_equals_device_caches(dit, tiny_pipeline):
     assert host_outcome.cache_bytes_moved > 0 and device_outcome.cache_bytes_moved == 0
     assert_ordered(streams.log)
     assert any(op.kind == "free" for op in streams.log)  # the slots went back after the edit
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("slots, prefetch", [(1, 0), (2, 1), (3, 2)])
+def test_host_ring_on_cuda_is_bit_identical_to_device_caches(dit, slots, prefetch):
+    """Real CUDA streams and events, a page-locked arena, bf16: the same numbers as caches on the GPU."""
+    model = copy.deepcopy(dit).to("cuda", torch.bfloat16)
+    spot = DiTSpotModel(model)
+    on_device = run_edits(spot, spot.new_cache(), device="cuda", dtype=torch.bfloat16)
+    cache = spot.new_cache("cpu", slots=slots, prefetch=prefetch)
+    on_host = run_edits(spot, cache, device="cuda", dtype=torch.bfloat16)
+    assert all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(on_host, on_device))
