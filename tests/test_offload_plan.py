@@ -135,6 +135,9 @@ def test_cli_plan_prints_tables_for_24_and_80_gb(capsys):
     assert "40/40 blocks resident" in out80 and "streaming:" not in out80
     assert main(["plan", "--preset", "rtx4090-24gb", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["dit"]["precision"] == "nf4"
+    assert main(["plan", "--preset", "rtx4090-24gb", "--guidance", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "batch 1 (no guidance)" in out and "traced on meta" in out and "vae decode, untiled" in out
 
 
 def test_cli_plan_bad_input_is_one_line(capsys):

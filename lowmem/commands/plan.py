@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host-ram", help="host RAM the runtime may hold/pin, e.g. 64GB")
     parser.add_argument("--spot", dest="spot", action="store_true", default=None, help="plan for SpotEdit K/V caches")
     parser.add_argument("--no-spot", dest="spot", action="store_false", help="no SpotEdit caches")
+    parser.add_argument("--guidance", type=float, default=5.0,
+                        help="guidance scale the edit will use (default 5.0); 1 or less plans a batch of one")
     parser.add_argument("--model", type=Path, help="plan for this model folder's DiT config instead of the full 16B one")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
 
@@ -36,6 +38,6 @@ def run(args: argparse.Namespace) -> int:
         config = read_dit_config(open_model_folder(args.model))
     model = build_dit(config, device="meta")
     plan = plan_for(model, args.budget, args.resolution, args.quantization, args.spot, preset=args.preset,
-                    device=args.device, host_ram=args.host_ram)
+                    device=args.device, host_ram=args.host_ram, guidance=args.guidance)
     print(plan.to_json() if args.json else plan.format_table())
     return 0

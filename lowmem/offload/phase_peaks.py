@@ -9,8 +9,10 @@ Why traced at plan time rather than read from a table: the modules behind these 
 being changed (the block frees q/k/v early, RoPE and dequantisation lose temporaries, SpotEdit's
 caches move to device slots), and a trace follows each change the moment it lands, at any
 resolution and text length, where a table would be stale or need a grid of entries. Each trace is
-a few hundredths of a second; all those behind one plan take ~0.3 s the first time in a process
-and nothing after (`functools.lru_cache` per config, precision, resolution, text length, batch).
+a few hundredths to a few tenths of a second; all those behind one plan took 1.9 s the first time
+in a process on a 2-core machine under a load average of 11 (0.6 s for a second precision that
+shares the VAE and conditioner traces), and 0.02 s after (`functools.lru_cache` per config,
+precision, resolution, text length and batch).
 
 Full depth is never traced: a block-stacked module is traced at a depth whose peak equals the
 full one. The DiT at depth 2 (from block 2 on, the forward holds the embedded image and the

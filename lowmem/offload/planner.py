@@ -173,12 +173,13 @@ class _Sizes:
         trace_precision = self.precision if self.precision in QUANTIZED else "bf16"
         # Traced peaks behind each phase's activations (phase -> {what was traced: bytes}).
         self.traced: dict[str, dict[str, int]] = {}
-        forward = peaks.dit_forward(config, trace_precision, dtype, res, text, batch)
-        denoise = {"dit forward": forward}
+        shape = (config, trace_precision, dtype, res, text, batch)
+        denoise = {"dit forward": peaks.dit_forward(*shape),  # what the step holds; its parts for people:
+                   "  one block, beyond its inputs": peaks.dit_block(*shape),
+                   "  outside the blocks": peaks.dit_outside_blocks(*shape)}
         if a.spotedit:
             vae_key = self.vae_key(a, full)
-            denoise[f"spotedit step ({SPOT_ACTIVE_FRACTION:.0%} active)"] = peaks.spot_step(
-                config, trace_precision, dtype, res, text, batch, SPOT_ACTIVE_FRACTION)
+            denoise[f"spotedit step ({SPOT_ACTIVE_FRACTION:.0%} active)"] = peaks.spot_step(*shape, SPOT_ACTIVE_FRACTION)
             denoise["spotedit selector"] = peaks.selector(vae_key, res)
         self.traced["denoise"] = denoise
         from lowmem.spotedit.footprint import spot_cache_bytes
