@@ -75,6 +75,7 @@ class SpatialEditPipeline:
         resolution: int = 1024,
         spot: bool = False,
         max_resident_blocks: Optional[int] = None,
+        guidance: float = 5.0,
     ) -> "SpatialEditPipeline":
         """Load every component of a SpatialEdit model folder, resident on `device`.
 
@@ -83,7 +84,8 @@ class SpatialEditPipeline:
         With `memory_budget` (e.g. "24GB", or "auto": what is free on the device now) or a hardware
         `preset`, the planner decides what stays on the device for edits at `resolution` (with SpotEdit
         caches when `spot`), keeping at most `max_resident_blocks` DiT blocks resident when given; the
-        rest streams. Without either, everything is loaded resident.
+        rest streams; planned for edits at `guidance` (at 1 or less the DiT runs one row per forward, not the
+        CFG batch of two). Without either, everything is loaded resident.
         """
         folder = open_model_folder(model)
         device = torch.device(device) if device is not None else default_device()
@@ -96,7 +98,7 @@ class SpatialEditPipeline:
             from lowmem.offload.planned_load import load_under_plan
 
             dit, vae, conditioner, runtime = load_under_plan(folder, device, dtype, quantization, memory_budget, preset,
-                                                             resolution, spot, max_resident_blocks)
+                                                             resolution, spot, max_resident_blocks, guidance)
             pipe = cls(dit, vae, conditioner, device, dtype)
             pipe.offload = runtime
             return pipe
@@ -123,6 +125,11 @@ class SpatialEditPipeline:
 
             raise BudgetError(f"this pipeline was planned for {self.offload.plan.resolution}px edits; load it with "
                               f"resolution={resolution} (or --resolution {resolution}) to edit at {resolution}px")
+        if self.offload is not None and guidance_batch(guidance) > self.offload.plan.batch:
+            from lowmem.offload import BudgetError
+
+            raise BudgetError(f"this pipeline was planned for guidance <= 1 (one DiT row per step); load it with "
+                              f"guidance={guidance:g} (or --guidance {guidance:g}) to edit with classifier-free guidance")
         if not isinstance(instruction, EditInstruction):
             instruction = EditInstruction(str(instruction))
         source = load_image(image) if isinstance(image, (str, Path)) else image.convert("RGB")

@@ -74,3 +74,19 @@ def test_spotedit_at_guidance_1_runs_batch_1(tiny_pipeline, scene):
         tiny_pipeline.edit(scene, PROMPT, steps=5, guidance=1.0, resolution=64, progress=False,
                            spot=SpotConfig(threshold="auto"))
     assert batches and set(batches) == {1}
+
+
+def test_a_budgeted_pipeline_plans_batch_1_for_guidance_1_and_refuses_cfg_later(tiny_model, scene):
+    import pytest
+
+    import lowmem
+    from lowmem.offload import BudgetError
+
+    pipe = lowmem.load(tiny_model, memory_budget="300MB", device="cpu", resolution=64, guidance=1.0)
+    assert pipe.offload.plan.batch == 1
+    with dit_batches(pipe.dit) as batches:
+        pipe.edit(scene, PROMPT, steps=1, guidance=1.0, resolution=64, progress=False)
+    assert batches == [1]
+    with pytest.raises(BudgetError, match="guidance=5"):
+        pipe.edit(scene, PROMPT, steps=1, guidance=5.0, resolution=64, progress=False)
+    assert lowmem.load(tiny_model, memory_budget="300MB", device="cpu", resolution=64).offload.plan.batch == 2

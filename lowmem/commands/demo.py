@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         half = read_dit_config(open_model_folder(model)).mm_double_blocks_depth // 2
         budget = args.budget or tiny_model_budget(default_device())
         pipe = SpatialEditPipeline.from_folder(model, memory_budget=budget, resolution=args.resolution,
-                                               spot=bool(args.spot), max_resident_blocks=half)
+                                               spot=bool(args.spot), max_resident_blocks=half, guidance=args.guidance)
         print(f"\n== plan\n{pipe.offload.plan.format_table()}")
         print(f"\n== edit: {instruction.text}")
         result = pipe.edit(image, instruction, steps=args.steps, guidance=args.guidance, seed=args.seed,

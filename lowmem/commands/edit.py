@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     if args.budget is None and args.preset is None and device.type == "cuda":
         args.budget = "auto"  # on a GPU, plan for the memory that is free instead of failing with out-of-memory
     pipe = SpatialEditPipeline.from_folder(args.model, device=args.device, memory_budget=args.budget, preset=args.preset,
-                                           resolution=args.resolution, quantization=args.quantization, spot=bool(args.spot))
+                                           resolution=args.resolution, quantization=args.quantization, spot=bool(args.spot),
+                                           guidance=args.guidance)
     if pipe.offload is not None:
         print(f"plan: {pipe.offload.plan.summary()}")
     result = pipe.edit(image, instruction, steps=args.steps, guidance=args.guidance, seed=args.seed, resolution=args.resolution,

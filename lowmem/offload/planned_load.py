@@ -40,8 +40,10 @@ def load_under_plan(
     resolution: int,
     spot: bool,
     max_resident_blocks: Optional[int] = None,
+    guidance: float = 5.0,
 ):
-    """(dit, vae, conditioner, OffloadRuntime) for running on `device` within the budget or preset."""
+    """(dit, vae, conditioner, OffloadRuntime) for running on `device` within the budget or preset,
+    planned for edits at `guidance` (<= 1: one DiT row per forward)."""
     from quantize.loader import dit_parts, load_conditioner
 
     if preset is not None and quantization is None and not folder.is_quantized:
@@ -49,7 +51,8 @@ def load_under_plan(
         planned_for = load_preset(preset).quantization
         quantization = planned_for if planned_for in ("int8", "nf4") else None
     precision = folder_precision(folder, dtype, quantization)  # what the weights will really be
-    preflight_plan(folder, memory_budget, resolution, precision, spot, preset, planned_device_kind(device))  # refuse before reading
+    preflight_plan(folder, memory_budget, resolution, precision, spot, preset, planned_device_kind(device),  # refuse
+                   guidance)  # before reading
 
     dit, fill = dit_parts(folder, HOST, dtype, quantization)
     conditioner = load_conditioner(folder, HOST, dtype, quantization)
@@ -57,7 +60,7 @@ def load_under_plan(
     plan = plan_for(dit, memory_budget, resolution, precision, spot, preset=preset, device=planned_device_kind(device),
                     vlm_bytes=conditioner.weight_bytes(), vae_bytes=vae.weight_bytes(),
                     max_resident_blocks=max_resident_blocks, vae_config=dict(vae.module.config),
-                    vlm_config=conditioner.model.config)
+                    vlm_config=conditioner.model.config, guidance=guidance)
     fill(outside_blocks)
     for index in plan.dit.resident_blocks:
         fill(in_block(index))

@@ -21,6 +21,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from lowmem.guidance import guidance_batch
 from lowmem.models.dit_config import FULL_DIT_CONFIG, DiTConfig
 from lowmem.models.prompt import MAX_TEXT_TOKENS
 from lowmem.offload import phase_peaks as peaks
@@ -51,11 +52,6 @@ def dit_text_tokens(resolution: int) -> int:
     """Text tokens the DiT reads for one image of `resolution`²: its vision tokens, the instruction
     and the template's closing turn (~1.1K at 1024², not a fixed 512)."""
     return min(MAX_TEXT_TOKENS, peaks.vision_tokens(resolution) + INSTRUCTION_TOKENS + TEMPLATE_TOKENS)
-
-
-def cfg_batch(guidance: float) -> int:
-    """Rows per DiT forward: [uncond ; cond] under guidance, one row when guidance <= 1."""
-    return 2 if guidance > 1 else 1
 
 
 def spread(count: int, total: int) -> list[int]:
@@ -101,7 +97,7 @@ def plan_for(
     args = _Args.resolve(model_or_config, budget, resolution, quantization, spotedit, preset, device, host_ram,
                          prefetch_depth, slots, max_resident_blocks, vae_tile, storage, vlm_bytes, vae_bytes, text_tokens)
     args.allow_streaming = allow_streaming
-    args.batch = cfg_batch(guidance)
+    args.batch = guidance_batch(guidance)
     args.vae_config, args.vlm_config = vae_config, vlm_config
     plan = _solve(args)
     if plan.fits:

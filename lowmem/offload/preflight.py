@@ -36,9 +36,11 @@ def preflight_plan(
     spot: bool,
     preset: Optional[str],
     device: str,
+    guidance: float = 5.0,
 ) -> Plan:
     """The plan estimated from file sizes alone for a DiT in `precision` (see `folder_precision`);
     raises BudgetError exactly as the real planner would."""
     vlm_bytes = sum(f.stat().st_size for f in folder.text_encoder.glob("*.safetensors"))
     return plan_for(read_dit_config(folder), budget, resolution, precision, spot,
-                    preset=preset, device=device, vlm_bytes=vlm_bytes, vae_bytes=folder.vae_file.stat().st_size)
+                    preset=preset, device=device, vlm_bytes=vlm_bytes, vae_bytes=folder.vae_file.stat().st_size,
+                    guidance=guidance)
