@@ -72,10 +72,18 @@ def test_parameter_count_and_bytes_per_precision(full_meta):
 
 
 def test_budget_below_minimum_is_one_error_naming_fixes(full_meta):
+    # A budget between the least that nf4 needs and the least that bf16 needs: nf4 is the fix.
+    def least(q: str) -> float:
+        with pytest.raises(BudgetError) as refused:
+            plan_for(full_meta, "1GB", 1024, q)
+        return float(str(refused.value).rsplit("at least ", 1)[1].split(" GB")[0])
+
+    nf4, bf16 = least("nf4"), least("bf16")
+    assert nf4 < bf16
     with pytest.raises(BudgetError) as info:
-        plan_for(full_meta, "7GB", 1024, "bf16")
+        plan_for(full_meta, f"{(nf4 + bf16) / 2:.2f}GB", 1024, "bf16")
     text = str(info.value)
-    assert "7.00 GB" in text and "budget of at least" in text and "nf4" in text
+    assert "budget of at least" in text and "--quantization nf4" in text
     with pytest.raises(BudgetError, match="budget of at least"):
         plan_for(full_meta, "1GB", 1024, "nf4")
 
