@@ -79,8 +79,8 @@ def copy_only(streamer, device, steps: int) -> float:
         for _ in streamer.streamed:
             streamer._issue(streamer.k)
             streamer.k += 1
+    streamer.reset()  # waits for the disk tier's reader thread
     sync(device)
-    streamer.reset()
     return (time.perf_counter() - start) / steps
 
 

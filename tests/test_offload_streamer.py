@@ -20,6 +20,15 @@ PLANS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny forwards: OpenMP spin-waiting on a shared machine costs 100x more than the math."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def random_dit(dtype: torch.dtype, config: DiTConfig = SIX_BLOCKS, seed: int = 0):
     torch.manual_seed(seed)
     dit = build_dit(config, device="cpu", dtype=torch.float32)
@@ -123,30 +132,69 @@ def test_quantized_blocks_stream_in_quantized_form_bitwise(scheme, tmp_path):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_streaming_is_event_ordered_and_bitwise():
+@pytest.mark.parametrize("storage", ["pinned", "disk"])
+def test_cuda_streaming_is_event_ordered_and_bitwise(storage, tmp_path):
+    from lowmem.offload.streamer import pinned_bytes
+    from lowmem.offload.streams import COPY
+
     reference = random_dit(torch.bfloat16).cuda()
     latents, t, text = (x.cuda() for x in inputs(torch.bfloat16))
     with torch.inference_mode():
         expected = [reference(latents, t, text) for _ in range(3)]
-    for kw in PLANS.values():
+    for name, kw in PLANS.items():
         dit = random_dit(torch.bfloat16)  # host copy, same seed
-        plan = plan_for(dit, "8GB", 128, device="cuda", storage="pinned", **kw)
-        offloaded = apply_plan(dit, plan, "cuda")
+        plan = plan_for(dit, "8GB", 128, device="cuda", storage=storage, **kw)
+        offloaded = apply_plan(dit, plan, "cuda", disk_dir=tmp_path / name.replace(" ", "-"))
         streamer = offloaded.streamer
         if streamer.streamed:
-            assert all(b.is_pinned() for b in streamer.store.buffers.values())
-            slot_ptrs = [s.data_ptr() for s in streamer.slots]
+            sizes = [streamer.layouts[i].nbytes for i in streamer.streamed]
+            assert streamer.host_bytes() == pinned_bytes(sizes, storage, streamer.num_slots)  # exactly, one arena
+            arena = streamer.store.arena if storage == "pinned" else streamer.staging_arena
+            assert arena.pinned and arena.flat.is_pinned()
+        with torch.inference_mode():
+            assert torch.equal(dit(latents, t, text), expected[0]), name  # the first forward allocates the slots
         torch.cuda.synchronize()
+        slot_ptrs = [s.tensor.data_ptr() for s in streamer.slots] if streamer.streamed else []
         allocated = torch.cuda.memory_allocated()
         with torch.inference_mode():
             # A slow side stream must not let compute read a slot early: delay the copy stream.
             if streamer.streamed:
-                with torch.cuda.stream(streamer.copy_stream):
+                with torch.cuda.stream(streamer.streams.stream(COPY)):
                     torch.cuda._sleep(50_000_000)
-            got = [dit(latents, t, text) for _ in range(3)]
+            got = [dit(latents, t, text) for _ in range(2)]
         torch.cuda.synchronize()
-        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+        assert all(torch.equal(a, b) for a, b in zip(got, expected[1:])), name
+        del got
         if streamer.streamed:
-            assert [s.data_ptr() for s in streamer.slots] == slot_ptrs  # the ring never reallocates
+            assert [s.tensor.data_ptr() for s in streamer.slots] == slot_ptrs  # the ring never reallocates
         assert torch.cuda.memory_allocated() == allocated  # no weight memory left behind
         offloaded.close()
+        assert streamer.slots is None and streamer.host_bytes() == 0
+        if streamer.streamed:
+            assert torch.cuda.memory_allocated() == allocated - streamer.num_slots * streamer.slot_bytes
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_evictable_dit_places_and_releases_without_copying_back():
+    reference = random_dit(torch.bfloat16).cuda()
+    latents, t, text = (x.cuda() for x in inputs(torch.bfloat16))
+    with torch.inference_mode():
+        expected = reference(latents, t, text)
+    dit = random_dit(torch.bfloat16)
+    plan = plan_for(dit, "8GB", 128, device="cuda", storage="pinned", **PLANS["ring of 3, depth 2"])
+    offloaded = apply_plan(dit, plan, "cuda", evictable=True)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    host = offloaded.part.arena.flat
+    assert host.is_pinned()
+    for _ in range(3):
+        offloaded.place()
+        assert all(p.is_cuda for m in offloaded.part.modules for p in m.parameters())
+        with torch.inference_mode():
+            assert torch.equal(dit(latents, t, text), expected)
+        offloaded.release()
+        assert all(not p.is_cuda for m in offloaded.part.modules for p in m.parameters())
+        torch.cuda.synchronize()
+        assert torch.cuda.memory_allocated() == before  # resident part and slots given back
+    offloaded.close()

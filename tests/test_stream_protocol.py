@@ -3,6 +3,7 @@ stand-in keeps results correct, and the pinned arena holds exactly the planned b
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import pytest
@@ -183,3 +184,265 @@ def test_cuda_streams_order_a_slow_copy():
     streams.record(loaded, COPY)
     streams.wait(loaded, COMPUTE)
     assert int(slot.tensor.sum()) == 3 << 24
+
+
+# -- the streamer's protocol over many steps of every plan kind ------------------------------------
+
+from test_offload_streamer import inputs, one_thread, random_dit, run_steps  # noqa: E402,F401 (one_thread: autouse)
+
+from lowmem.offload import MemoryLedger, apply_plan, plan_for  # noqa: E402
+from lowmem.offload.streamer import BlockStreamer, pinned_bytes  # noqa: E402
+
+STEPS = 4
+
+
+@functools.lru_cache(maxsize=None)
+def expected_steps(steps=STEPS):
+    return run_steps(random_dit(torch.float32), torch.float32, steps=steps)
+
+
+def recorded(kw: dict, storage: str = "pageable", tmp_path=None, evictable: bool = False, streamer_class=None,
+             async_copies: bool = True):
+    """A DiT under a plan, run through a RecordingStreams: (dit, offloaded, streams)."""
+    dit = random_dit(torch.float32)
+    plan = plan_for(dit, "256MB", 128, device="cpu", storage=storage, **kw)
+    streams = RecordingStreams(async_copies=async_copies)
+    if streamer_class is not None:  # a deliberately old or broken ordering
+        import lowmem.offload.install as install
+        original, install.BlockStreamer = install.BlockStreamer, streamer_class
+        try:
+            offloaded = apply_plan(dit, plan, "cpu", streams=streams, disk_dir=tmp_path, evictable=evictable)
+        finally:
+            install.BlockStreamer = original
+    else:
+        offloaded = apply_plan(dit, plan, "cpu", streams=streams, disk_dir=tmp_path, evictable=evictable)
+    return dit, offloaded, streams
+
+
+RINGS = {
+    "static ring": dict(max_resident_blocks=3, slots=3, prefetch_depth=2),
+    "one slot": dict(max_resident_blocks=0, slots=1, prefetch_depth=0),
+    **{f"wrapping ring of 3, depth {d}": dict(max_resident_blocks=1, slots=3, prefetch_depth=d) for d in range(3)},
+    **{f"wrapping ring of 2, depth {d}": dict(max_resident_blocks=0, slots=2, prefetch_depth=d) for d in range(2)},
+}
+
+
+@pytest.mark.parametrize("storage", ["pageable", "disk"])
+@pytest.mark.parametrize("name", list(RINGS))
+def test_every_ring_is_ordered_over_many_steps(name, storage, tmp_path):
+    dit, offloaded, streams = recorded(RINGS[name], storage, tmp_path / "blocks")
+    got = run_steps(dit, torch.float32, steps=STEPS)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected_steps()))  # bit-identical to resident
+    offloaded.close()
+    assert_ordered(streams.log)
+    streamer = offloaded.streamer
+    uses = [op for op in streams.log if op.kind == "use"]
+    assert len(uses) == STEPS * len(streamer.streamed)  # every streamed block run was checked
+    copies = [op for op in streams.log if op.kind == "copy"]
+    assert len(copies) == (len(streamer.streamed) if streamer.static else STEPS * len(streamer.streamed) + streamer.depth)
+    if storage == "disk":  # defect 7: every read is done by the reader thread, never by the compute thread
+        reads = [op for op in streams.log if op.kind == "write"]
+        assert len(reads) == len(copies) and {op.agent for op in reads} == {"dit reader"}
+    assert [op.kind for op in streams.log[-2:]] == ["record", "host_wait"]  # close waited for the copy stream
+
+
+@pytest.mark.parametrize("storage", ["pageable", "disk"])
+def test_immediate_protocol_is_ordered(storage, tmp_path):
+    """The host tier (copies land at once, the disk reader writes the slot itself) checks too."""
+    dit, offloaded, streams = recorded(RINGS["wrapping ring of 3, depth 2"], storage, tmp_path / "b", async_copies=False)
+    assert all(torch.equal(a, b) for a, b in zip(run_steps(dit, torch.float32, steps=STEPS), expected_steps()))
+    offloaded.close()
+    assert_ordered(streams.log)
+    assert not any(op.stream == "copy" for op in streams.log)
+
+
+@pytest.mark.parametrize("storage", ["pageable", "disk"])
+def test_free_slots_between_forwards_and_place_release_cycles(storage, tmp_path):
+    """Defects 2, 3, 6: the evictable DiT leaves after each forward (slots freed, resident part
+    re-pointed to its host copy) and comes back, with no wait on a stale `done` event."""
+    dit, offloaded, streams = recorded(RINGS["wrapping ring of 3, depth 1"], storage, tmp_path / "b", evictable=True)
+    ledger = offloaded.ledger = MemoryLedger()
+    latents, t, text = inputs(torch.float32)
+    expected = expected_steps()
+    part = offloaded.part
+    host = part.arena.flat
+    for step in range(STEPS):
+        offloaded.place()
+        with torch.inference_mode():
+            assert torch.equal(dit(latents, t * (1 - step / 10), text), expected[step])
+        offloaded.release()
+        assert offloaded.streamer.slots is None and "dit slots" not in ledger.items  # defect 3
+        params = [p for m in part.modules for p in m.parameters()]
+        start = host.data_ptr()
+        assert all(start <= p.data_ptr() < start + host.numel() for p in params)  # defect 6: back on the host copy
+    offloaded.close()
+    assert_ordered(streams.log)
+    up = [op for op in streams.log if op.kind == "copy" and op.src == "dit resident part host copy"]
+    assert len(up) == STEPS  # copied up once per place
+    assert not any(op.kind == "copy" and op.buffer == "dit resident part host copy" for op in streams.log)  # never back
+    frees = [op.buffer for op in streams.log if op.kind == "free"]
+    assert frees.count("dit slot 0") == STEPS and frees.count("dit resident part on device") == STEPS
+
+
+def test_interrupted_forward_is_ordered(tmp_path):
+    dit, offloaded, streams = recorded(RINGS["wrapping ring of 3, depth 2"], "disk", tmp_path / "b")
+    latents, t, text = inputs(torch.float32)
+    victim = dit.double_blocks[offloaded.streamer.streamed[2]]
+    forward = victim.forward
+    victim.forward = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
+    with torch.inference_mode(), pytest.raises(KeyboardInterrupt):
+        dit(latents, t, text)
+    victim.forward = forward
+    got = run_steps(dit, torch.float32, steps=2)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected_steps(steps=2)))
+    offloaded.close()
+    assert_ordered(streams.log)
+
+
+class MainOrder(BlockStreamer):
+    """The order of main before defect 2 was fixed: the copy stream never waits for the compute
+    stream after slots are allocated (or after an interrupted forward), and every copy waits on the
+    slot's `done` event, recorded or not (never recorded at first, stale after free_slots)."""
+
+    def _allocate(self):
+        self.slots = [self.streams.allocate(f"{self.name} slot {s}", self.slot_bytes) for s in range(self.num_slots)]
+
+    def _issue(self, k):
+        self.done_since_allocated = [True] * self.num_slots
+        super()._issue(k)
+
+    def reset(self):
+        self.async_copies = False  # skips the copy stream's wait for compute
+        try:
+            super().reset()
+        finally:
+            self.async_copies = True
+
+
+class WithoutLoadedWait(BlockStreamer):
+    """A deliberately broken ordering: compute does not wait for the copy into its slot."""
+
+    def enter(self, i):
+        self.async_copies = False
+        try:
+            super().enter(i)
+        finally:
+            self.async_copies = True
+
+
+class WithoutDoneWait(BlockStreamer):
+    """A deliberately broken ordering: a copy overwrites a slot whose block may still compute."""
+
+    def _copy_in(self, s, slot, src, tag, wait_done):
+        super()._copy_in(s, slot, src, tag, False)
+
+
+@pytest.mark.parametrize("broken, why", [
+    (MainOrder, "never recorded"),
+    (WithoutLoadedWait, "use dit slot"),
+    (WithoutDoneWait, "copy dit slot"),
+])
+def test_old_and_broken_orders_are_caught(broken, why):
+    dit, offloaded, streams = recorded(RINGS["wrapping ring of 3, depth 1"], streamer_class=broken, evictable=True)
+    for _ in range(2):  # two forwards with the slots freed in between
+        offloaded.place()
+        run_steps(dit, torch.float32, steps=1)
+        offloaded.release()
+    problems = check(streams.log)
+    assert any(why in p for p in problems), problems
+
+
+def test_main_order_races_with_the_allocator():
+    """Defect 2: on main a fresh slot (first forward, after free_slots, after an interrupted
+    forward) is copied into while compute may still use that memory."""
+    dit, offloaded, streams = recorded(RINGS["wrapping ring of 3, depth 1"], streamer_class=MainOrder)
+    run_steps(dit, torch.float32, steps=1)
+    first = check(streams.log)
+    assert any("races with" in p and "allocate dit slot" in p for p in first), first
+    offloaded.streamer.free_slots()
+    mark = len(streams.log)
+    run_steps(dit, torch.float32, steps=1)
+    after_free = [p for p in check(streams.log) if int(p.split()[0][1:]) >= mark]
+    # the `done` it waits on predates the free: the new slot races with the allocation
+    assert any("races with" in p and "allocate dit slot" in p for p in after_free), after_free
+
+
+def test_close_waits_for_copies_and_gives_everything_back(tmp_path):
+    """Defect 3 (close) and 4 (the arena is released)."""
+    dit, offloaded, streams = recorded(RINGS["wrapping ring of 3, depth 2"], "disk", tmp_path / "b")
+    streamer = offloaded.streamer
+    run_steps(dit, torch.float32, steps=1)
+    streamer.enter(streamer.streamed[0])  # an interrupted forward: copies issued ahead, never used
+    assert streamer.slots is not None and streamer.staging_arena.nbytes
+    offloaded.close()
+    assert streamer.slots is None and streamer.staging_arena.nbytes == 0 and streamer.reader._thread is None
+    assert_ordered(streams.log)
+    kinds = [op.kind for op in streams.log]
+    last_copy = max(i for i, k in enumerate(kinds) if k == "copy")
+    assert "free" in kinds[last_copy:] and kinds[-1] == "host_wait"
+
+
+def test_pinned_store_is_one_arena_of_exactly_the_planned_bytes():
+    """Defect 4: one allocation holding every streamed block's image, sized exactly, released on close."""
+    dit = random_dit(torch.bfloat16)
+    plan = plan_for(dit, "256MB", 128, device="cpu", storage="pageable", max_resident_blocks=2)
+    offloaded = apply_plan(dit, plan, "cpu")
+    streamer = offloaded.streamer
+    images = list(streamer.store.images.values())
+    sizes = [streamer.layouts[i].nbytes for i in streamer.streamed]
+    assert len({t.untyped_storage().data_ptr() for t in images}) == 1  # one allocation
+    assert streamer.store.arena.flat.numel() == arena_bytes(sizes) == streamer.stats()["host_bytes"]
+    assert pinned_bytes(sizes, "pinned", plan.dit.slots) == arena_bytes(sizes)
+    assert pinned_bytes(sizes, "disk", plan.dit.slots) == arena_bytes([max(sizes)] * plan.dit.slots)
+    assert arena_bytes(sizes) - sum(sizes) < ALIGN * len(sizes)  # no power-of-two rounding
+    offloaded.close()
+    assert streamer.store.host_bytes() == 0
+
+
+def test_disk_reads_leave_the_compute_thread(tmp_path, monkeypatch):
+    """Defect 7: with the disk tier, no read runs on the thread that runs the blocks."""
+    import os
+
+    import lowmem.offload.store as store
+
+    readers = []
+    real = os.preadv
+
+    def spy(*args):
+        readers.append(threading.current_thread() is threading.main_thread())
+        return real(*args)
+
+    monkeypatch.setattr(store.os, "preadv", spy)
+    dit = random_dit(torch.float32)
+    plan = plan_for(dit, "256MB", 128, device="cpu", storage="disk", max_resident_blocks=1, slots=3, prefetch_depth=2)
+    offloaded = apply_plan(dit, plan, "cpu", disk_dir=tmp_path / "b")
+    got = run_steps(dit, torch.float32, steps=2)
+    offloaded.close()
+    assert all(torch.equal(a, b) for a, b in zip(got, expected_steps(steps=2)))
+    assert readers and not any(readers)
+
+
+def test_a_whole_edit_with_a_streamed_conditioner_is_ordered(tiny_model, tiny_pipeline, scene):
+    """Conditioner hooks (`attach`), its slots freed after each prompt, the DiT's resident part and
+    the conditioner taking turns on the device, two edits: one log, checked; same image."""
+    import numpy as np
+
+    from lowmem.offload import OffloadRuntime
+    from lowmem.pipeline import SpatialEditPipeline
+
+    expected = tiny_pipeline.edit(scene, "move it left", steps=2, seed=4, resolution=64, progress=False)
+    pipe = SpatialEditPipeline.from_folder(tiny_model, device="cpu")
+    plan = plan_for(pipe.dit, "300MB", 64, device="cpu", max_resident_blocks=1, slots=2, prefetch_depth=1,
+                    vlm_bytes=pipe.conditioner.weight_bytes(), vae_bytes=pipe.vae.weight_bytes())
+    plan.vlm.placement = "streamed"  # what the planner picks when Qwen3-VL does not fit whole
+    streams = RecordingStreams()
+    pipe.offload = OffloadRuntime(plan, pipe.dit, pipe.vae, pipe.conditioner, pipe.device, streams=streams)
+    for _ in range(2):
+        got = pipe.edit(scene, "move it left", steps=2, seed=4, resolution=64, progress=False)
+        assert np.array_equal(np.asarray(got.image), np.asarray(expected.image))
+    pipe.offload.close()
+    assert_ordered(streams.log)
+    used = {op.buffer for op in streams.log if op.kind == "use"}
+    assert {"vlm slot 0", "dit slot 0", "vlm outside layers on device", "dit resident part on device"} <= used
+    frees = [op.buffer for op in streams.log if op.kind == "free"]
+    assert frees.count("vlm slot 0") == 2 and frees.count("dit slot 0") == 2  # given back after each phase

@@ -37,17 +37,18 @@ class PinnedArena:
         if pin and self.nbytes:
             torch.cuda.check_error(torch.cuda.cudart().cudaHostRegister(self.flat.data_ptr(), self.nbytes, 0))
             self.pinned = True
-        self.views: list[torch.Tensor] = []
+        self.offsets: list[int] = []
         offset = 0
         for n in sizes:
-            self.views.append(self.flat[offset : offset + n])
+            self.offsets.append(offset)
             offset += aligned(n)
+        self.views: list[torch.Tensor] = [self.flat[o : o + n] for o, n in zip(self.offsets, sizes)]
 
     def close(self) -> None:
         """Unpin and drop the memory. Only once no copy reads or writes it any more."""
         if self.pinned:
             torch.cuda.check_error(torch.cuda.cudart().cudaHostUnregister(self.flat.data_ptr()))
             self.pinned = False
-        self.views = []
+        self.views, self.offsets = [], []
         self.flat = torch.empty(0, dtype=torch.uint8)
         self.nbytes = 0

@@ -12,14 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lowmem.offload.device_part import DevicePart
 from lowmem.offload.streamer import BlockStreamer
+from lowmem.offload.streams import Streams
 
-HOST = torch.device("cpu")
 VLM_SLOTS, VLM_PREFETCH = 3, 2
-
-
-def _bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def modules_outside(root: nn.Module, excluded: nn.Module) -> list[nn.Module]:
@@ -36,49 +33,52 @@ def modules_outside(root: nn.Module, excluded: nn.Module) -> list[nn.Module]:
 
 
 class WholeConditioner:
-    """The whole conditioner moves onto the device for the prompt and back afterwards."""
+    """The whole conditioner moves onto the device for the prompt and (when evictable) back afterwards."""
 
-    def __init__(self, conditioner, device: torch.device):
-        self.conditioner, self.device = conditioner, device
+    def __init__(self, conditioner, device: torch.device, streams: Streams, evictable: bool):
+        self.conditioner = conditioner
+        self.part = DevicePart([conditioner.model], device, streams, "vlm", evictable)
 
     def place(self) -> None:
-        self.conditioner.to(self.device)
+        self.part.place()
 
     def release(self) -> None:
-        if self.device.type != "cpu":
-            self.conditioner.to(HOST)
+        self.part.release()
 
     def device_bytes(self) -> int:
         return self.conditioner.weight_bytes()
+
+    def close(self) -> None:
+        self.part.close()
 
 
 class StreamedConditioner:
     """Everything but the decoder layers moves onto the device; the layers stream through slots."""
 
-    def __init__(self, conditioner, device: torch.device, storage: str):
-        self.device = device
+    def __init__(self, conditioner, device: torch.device, storage: str, streams: Streams):
         layers = conditioner.decoder_layers
         own = list(conditioner.model.parameters(recurse=False)) + list(conditioner.model.buffers(recurse=False))
         if own:
             raise ValueError("the conditioner keeps tensors outside its submodules; it cannot be streamed by layer")
-        self.outside = modules_outside(conditioner.model, layers)
         self.streamer = BlockStreamer(layers, resident=(), device=device, slots=VLM_SLOTS, depth=VLM_PREFETCH,
-                                      storage=storage)
+                                      storage=storage, streams=streams, name="vlm")
+        self.part = DevicePart(modules_outside(conditioner.model, layers), device, streams, "vlm outside layers",
+                               evictable=True)
         self.hooks = self.streamer.attach()
 
     def place(self) -> None:
-        for module in self.outside:
-            module.to(self.device)
+        self.part.place()
 
     def release(self) -> None:
         self.streamer.free_slots()
-        if self.device.type != "cpu":
-            for module in self.outside:
-                module.to(HOST)
+        self.part.release()
 
     def device_bytes(self) -> int:
-        outside = _bytes(t for m in self.outside for t in list(m.parameters()) + list(m.buffers()))
-        return outside + self.streamer.slot_bytes * self.streamer.num_slots
+        return self.part.nbytes + self.streamer.slot_bytes * self.streamer.num_slots
 
     def stats(self) -> dict:
         return self.streamer.stats()
+
+    def close(self) -> None:
+        self.streamer.close()
+        self.part.close()

@@ -10,11 +10,12 @@ the module holds no memory while it waits for its next turn.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
 
-ALIGN = 256
+from lowmem.offload.arena import aligned
 
 
 @dataclass(frozen=True)
@@ -29,16 +30,22 @@ class Entry:
 
 
 class BlockLayout:
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, recurse: bool = True, seen: Optional[set[int]] = None):
+        """The layout of `module`'s tensors (only its own, not its submodules', without `recurse`).
+        Tensors whose id is in `seen` (tied to one laid out elsewhere) are left out; new ids are added."""
         entries, offset = [], 0
         for kind in ("param", "buffer"):
-            named = module.named_parameters() if kind == "param" else module.named_buffers()
+            named = module.named_parameters(recurse=recurse) if kind == "param" else module.named_buffers(recurse=recurse)
             for name, tensor in named:
+                if seen is not None:
+                    if id(tensor) in seen:
+                        continue
+                    seen.add(id(tensor))
                 owner_name, _, attr = name.rpartition(".")
                 owner = module.get_submodule(owner_name) if owner_name else module
                 nbytes = tensor.numel() * tensor.element_size()
                 entries.append(Entry(owner, attr, kind == "param", tensor.dtype, tuple(tensor.shape), offset, nbytes))
-                offset += -(-nbytes // ALIGN) * ALIGN
+                offset += aligned(nbytes)
         self.entries: list[Entry] = entries
         self.nbytes = offset
 

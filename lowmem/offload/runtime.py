@@ -1,11 +1,13 @@
 """OffloadRuntime: the pipeline's phases under a Plan (who is on the device when, VAE tiling, report).
 
-    setup:        VAE on the device; the DiT's resident part placed, its streamed blocks packed into
-                  their store; the conditioner on the device only if the plan keeps it resident.
-    encode:       a run-then-evicted conditioner is moved onto the device, run, and moved off again
-                  (a "streamed" one moves all but its decoder layers, which stream through slots);
+    setup:        VAE on the device; the DiT's streamed blocks packed into their store; the DiT's
+                  resident part and the conditioner placed for good when the plan keeps them together,
+                  else each kept in a pinned host copy (see `device_part`).
+    encode:       a run-then-evicted conditioner is copied onto the device, run, and released (its
+                  tensors re-pointed to the host copy: no copy back); a "streamed" one places all but
+                  its decoder layers, which stream through slots given back after the prompt;
                   when the plan says the DiT and the conditioner do not fit together, the DiT's device
-                  part waits on the host until denoising starts and leaves after decoding.
+                  part waits on the host until denoising starts and leaves after decoding, slots too.
     decode:       tiled with the plan's tile size.
 The ledger records every placement; `report_items()` feeds RunReport.extra.
 """
@@ -23,29 +25,33 @@ from lowmem.offload.install import OffloadedDiT
 from lowmem.offload.ledger import MemoryLedger
 from lowmem.offload.plan import Plan
 from lowmem.offload.streamer import BlockSource
+from lowmem.offload.streams import Streams, streams_for
 
 
 class OffloadRuntime:
-    def __init__(self, plan: Plan, dit, vae, conditioner, device: torch.device, block_source: Optional[BlockSource] = None):
+    def __init__(self, plan: Plan, dit, vae, conditioner, device: torch.device, block_source: Optional[BlockSource] = None,
+                 streams: Optional[Streams] = None):
         """`block_source(i, block)` makes streamed block i's tensors real just before it is packed into
-        its store (see `planned_load`); without it the DiT must already be fully loaded."""
+        its store (see `planned_load`); without it the DiT must already be fully loaded. `streams`
+        orders every copy (default: CUDA streams on a GPU, immediate elsewhere)."""
         self.plan = plan
         self.device = torch.device(device)
+        self.streams = streams or streams_for(self.device)
         self.ledger = MemoryLedger(plan.budget, str(self.device))
         vae.to(self.device)
         self.ledger.place("vae weights", vae.weight_bytes())
-        self.dit = OffloadedDiT(dit, plan, self.device, ledger=self.ledger, source=block_source)
         self.together = plan.vlm.placement == "resident"
+        # Apart, the DiT's device part and the conditioner take turns: each keeps a pinned host copy.
+        self.dit = OffloadedDiT(dit, plan, self.device, ledger=self.ledger, source=block_source, streams=self.streams,
+                                evictable=not self.together)
         if plan.vlm.placement == "streamed":
             storage = plan.dit.storage if plan.dit.storage != "none" else "pinned"
-            self.vlm = StreamedConditioner(conditioner, self.device, storage)
+            self.vlm = StreamedConditioner(conditioner, self.device, storage, self.streams)
         else:
-            self.vlm = WholeConditioner(conditioner, self.device)
+            self.vlm = WholeConditioner(conditioner, self.device, self.streams, evictable=not self.together)
         if self.together:
             self.vlm.place()
             self.ledger.place("vlm weights", self.vlm.device_bytes())
-        else:
-            self.dit.release()
 
     @property
     def host(self) -> torch.device:
@@ -65,7 +71,7 @@ class OffloadRuntime:
             if not self.together:
                 self.vlm.release()
                 if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+                    torch.cuda.empty_cache()  # one large free block, not split under the DiT's next allocations
                 self.ledger.release("vlm weights")
 
     @contextmanager
@@ -112,3 +118,8 @@ class OffloadRuntime:
         if measured is not None:
             items["cuda max_memory_allocated"] = format_bytes(measured)
         return items
+
+    def close(self) -> None:
+        """Wait for copies in flight and give back the slots, the pinned host memory and the disk files."""
+        self.dit.close()
+        self.vlm.close()

@@ -1,9 +1,10 @@
-"""Where streamed blocks wait between their turns: host RAM (pinned on CUDA) or per-block disk files.
+"""Where streamed blocks wait between their turns: host RAM (one pinned arena on CUDA) or disk files.
 
-Both stores hold each block as one flat byte image laid out by its `BlockLayout`, and both fill a
-device slot with `load(index, slot, stream)`. The disk store reads with `os.preadv` straight into
-the destination (or into a pinned staging buffer when the slot is on a GPU); it keeps no mmap
-alive, so the process's resident memory stays bounded by the slots, not by the model.
+Both stores hold each block as one flat byte image laid out by its `BlockLayout`. The host store
+keeps every image in one `PinnedArena` sized exactly to the streamed blocks (the streamer copies
+from it on the copy stream); the disk store writes one file per block and reads it back with
+`os.preadv` straight into a given buffer (a staging buffer on CUDA, the slot itself on the CPU) and
+keeps no mmap alive, so the process's resident memory stays bounded by the slots, not by the model.
 """
 
 from __future__ import annotations
@@ -16,33 +17,27 @@ from typing import Optional
 
 import torch
 
+from lowmem.offload.arena import PinnedArena
 from lowmem.offload.packing import BlockLayout
 
 
 class HostStore:
-    """One flat host buffer per block; pinned when the compute device is a GPU."""
+    """Every streamed block's image in one host arena, page-locked when `pin`."""
 
-    tier = "pinned"
-
-    def __init__(self, pin: bool):
-        self.pin = pin and torch.cuda.is_available()
-        self.tier = "pinned" if self.pin else "pageable"
-        self.buffers: dict[int, torch.Tensor] = {}
+    def __init__(self, sizes: dict[int, int], pin: bool):
+        self.arena = PinnedArena(sizes.values(), pin=pin)
+        self.images = dict(zip(sizes, self.arena.views))
+        self.tier = "pinned" if self.arena.pinned else "pageable"
 
     def put(self, index: int, layout: BlockLayout) -> None:
-        flat = torch.empty(layout.nbytes, dtype=torch.uint8, pin_memory=self.pin)
-        layout.pack_into(flat)
-        self.buffers[index] = flat
+        layout.pack_into(self.images[index])
 
     def host_bytes(self) -> int:
-        return sum(b.numel() for b in self.buffers.values())
-
-    def load(self, index: int, slot: torch.Tensor, staging: Optional[torch.Tensor]) -> None:
-        src = self.buffers[index]
-        slot[: src.numel()].copy_(src, non_blocking=slot.is_cuda)
+        return self.arena.nbytes
 
     def close(self) -> None:
-        self.buffers.clear()
+        self.images.clear()
+        self.arena.close()
 
 
 class DiskStore:
@@ -71,9 +66,9 @@ class DiskStore:
     def host_bytes(self) -> int:
         return 0
 
-    def load(self, index: int, slot: torch.Tensor, staging: Optional[torch.Tensor]) -> None:
+    def read_into(self, index: int, target: torch.Tensor) -> None:
+        """Read block `index`'s image into the first bytes of `target` (a host uint8 tensor)."""
         size = self.sizes[index]
-        target = staging if slot.is_cuda else slot
         view = memoryview(target.numpy())[:size]
         fd = os.open(self.path(index), os.O_RDONLY)
         try:
@@ -85,8 +80,6 @@ class DiskStore:
                 done += got
         finally:
             os.close(fd)
-        if slot.is_cuda:
-            slot[:size].copy_(staging[:size], non_blocking=True)
 
     def close(self) -> None:
         if self._owned:

@@ -12,6 +12,7 @@ The streamer (and SpotEdit's cache ring) never touch CUDA streams or events dire
                                              the calling host thread
     wait(event, stream) / wait_stream(a, b)  a device stream waits for an event / for another stream
     host_wait(event)                         the calling host thread blocks until the event happened
+    host_wait_stream(stream)                 ... until everything issued on `stream` has run
 
 Three implementations:
 - `CudaStreams`: "compute" is the current CUDA stream, other names are side streams; copies come
@@ -84,7 +85,8 @@ class Streams:
 
     # -- memory -------------------------------------------------------------------------------
     def allocate(self, name: str, nbytes: int) -> Buffer:
-        return Buffer(name, torch.empty(nbytes, dtype=torch.uint8, device=self.device))
+        with torch.inference_mode(False):  # a reader thread (not in inference mode) may copy into it
+            return Buffer(name, torch.empty(nbytes, dtype=torch.uint8, device=self.device))
 
     def free(self, buffer: Buffer) -> None:
         buffer.tensor = None
@@ -120,6 +122,13 @@ class Streams:
 
     def host_wait(self, event: Event) -> None:
         event.recorded.wait()
+
+    def host_wait_stream(self, stream: str) -> None:
+        """The calling host thread blocks until everything issued on `stream` so far has run."""
+        if self.async_copies:
+            flushed = self.event(f"{stream} flushed")
+            self.record(flushed, stream)
+            self.host_wait(flushed)
 
 
 ImmediateStreams = Streams
