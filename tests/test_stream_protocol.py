@@ -446,3 +446,23 @@ def test_a_whole_edit_with_a_streamed_conditioner_is_ordered(tiny_model, tiny_pi
     assert {"vlm slot 0", "dit slot 0", "vlm outside layers on device", "dit resident part on device"} <= used
     frees = [op.buffer for op in streams.log if op.kind == "free"]
     assert frees.count("vlm slot 0") == 2 and frees.count("dit slot 0") == 2  # given back after each phase
+
+
+def test_device_part_keeps_tied_weights_tied_and_stores_them_once():
+    from lowmem.offload.device_part import DevicePart, host_copy_bytes
+
+    embed, head = torch.nn.Embedding(16, 8), torch.nn.Linear(8, 16, bias=False)
+    head.weight = embed.weight
+    model = torch.nn.ModuleDict({"embed": embed, "head": head})
+    expected = head(embed(torch.arange(4))).detach()
+    streams = RecordingStreams()
+    part = DevicePart([model], torch.device("cpu"), streams, "tied", evictable=True)
+    assert part.arena.nbytes == host_copy_bytes([model]) == 16 * 8 * 4
+    for _ in range(2):
+        part.place()
+        assert head.weight is embed.weight and head.weight.data_ptr() == part.on_device.tensor.data_ptr()
+        assert torch.equal(head(embed(torch.arange(4))), expected)
+        part.release()
+        assert head.weight is embed.weight and head.weight.data_ptr() == part.arena.flat.data_ptr()
+    part.close()
+    assert_ordered(streams.log)

@@ -30,9 +30,9 @@ from lowmem.offload.streams import COMPUTE, COPY, Buffer, Streams
 
 def _own_layouts(modules: list[nn.Module]) -> list[BlockLayout]:
     """One layout per submodule with tensors of its own; a tied tensor is laid out once."""
-    seen: set[int] = set()
+    seen: dict = {}
     layouts = (BlockLayout(m, recurse=False, seen=seen) for root in modules for m in root.modules())
-    return [layout for layout in layouts if layout.entries]
+    return [layout for layout in layouts if layout.entries or layout.aliases]
 
 
 def host_copy_bytes(modules: list[nn.Module]) -> int:
@@ -58,6 +58,7 @@ class DevicePart:
             for layout, view in zip(self.layouts, self.arena.views):
                 layout.pack_into(view)
                 layout.bind(layout.views(view))  # the original tensor is dropped here
+            self._retie()
             self.host = streams.host(f"{name} host copy", self.arena.flat)
             self.loaded = streams.event(f"{name} placed")
 
@@ -94,6 +95,12 @@ class DevicePart:
     def _bind(self, flat: torch.Tensor) -> None:
         for layout, offset in zip(self.layouts, self.arena.offsets):
             layout.bind(layout.views(flat[offset : offset + layout.nbytes]))
+        self._retie()
+
+    def _retie(self) -> None:
+        for layout in self.layouts:
+            for alias in layout.aliases:
+                alias.retie()
 
     def host_bytes(self) -> int:
         return self.arena.nbytes if self.arena is not None else 0

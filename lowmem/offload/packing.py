@@ -29,22 +29,37 @@ class Entry:
     nbytes: int
 
 
+@dataclass(frozen=True)
+class Alias:
+    """A tensor tied to one laid out elsewhere (`source`): after binding, it is re-tied to it."""
+
+    owner: nn.Module
+    attr: str
+    is_param: bool
+    source: Entry
+
+    def retie(self) -> None:
+        (self.owner._parameters if self.is_param else self.owner._buffers)[self.attr] = _get(self.source)
+
+
 class BlockLayout:
-    def __init__(self, module: nn.Module, recurse: bool = True, seen: Optional[set[int]] = None):
+    def __init__(self, module: nn.Module, recurse: bool = True, seen: Optional[dict[int, Entry]] = None):
         """The layout of `module`'s tensors (only its own, not its submodules', without `recurse`).
-        Tensors whose id is in `seen` (tied to one laid out elsewhere) are left out; new ids are added."""
+        A tensor already in `seen` (laid out by another layout) becomes an `Alias`; new ones are added."""
         entries, offset = [], 0
+        self.aliases: list[Alias] = []
         for kind in ("param", "buffer"):
             named = module.named_parameters(recurse=recurse) if kind == "param" else module.named_buffers(recurse=recurse)
             for name, tensor in named:
-                if seen is not None:
-                    if id(tensor) in seen:
-                        continue
-                    seen.add(id(tensor))
                 owner_name, _, attr = name.rpartition(".")
                 owner = module.get_submodule(owner_name) if owner_name else module
+                if seen is not None and id(tensor) in seen:
+                    self.aliases.append(Alias(owner, attr, kind == "param", seen[id(tensor)]))
+                    continue
                 nbytes = tensor.numel() * tensor.element_size()
                 entries.append(Entry(owner, attr, kind == "param", tensor.dtype, tuple(tensor.shape), offset, nbytes))
+                if seen is not None:
+                    seen[id(tensor)] = entries[-1]
                 offset += aligned(nbytes)
         self.entries: list[Entry] = entries
         self.nbytes = offset
