@@ -7,11 +7,16 @@ Builds the full-size SpatialEdit DiT (40 blocks, hidden 4096) from seeded random
 block directly in its run precision (a bf16 block exists only briefly on the GPU while it is
 quantized), caps the process at 24 GiB with torch.cuda.set_per_process_memory_fraction to emulate
 a 4090, and runs 1024x1024 denoising steps with CFG (batch 2, target + condition items) under the
-planner's plan. Measured side by side in one run:
-  - peak allocated vs the cap, for each capped configuration;
+planner's plan, with the text the conditioner really hands the DiT at that resolution (~1.1K tokens
+at 1024²; the unconditional row shorter by the instruction and zero-padded, as in an edit).
+Measured side by side in one run:
+  - peak allocated and peak reserved vs the cap, and the allocator's retries (a retry means it had
+    to free its cache to satisfy a request: the cap was nearly hit), for each configuration;
   - step time streamed (capped) vs all-resident (uncapped) for bf16, and nf4 capped vs bf16 resident;
   - with and without SpotEdit at 30% active tokens.
-Prints a table last and writes gpu_suite.json + gpu_suite.txt to --out-dir when given.
+Each case runs on its own: one that fails (out of memory, refused, or any error) is recorded with its
+error and traceback and the suite goes on. With --out-dir, gpu_suite.json and gpu_suite.txt are
+rewritten (atomically) after every case, so a crash or a timeout loses at most the case running.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 import time
+import traceback
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +38,9 @@ from torch import nn
 
 from lowmem.models.dit import SpatialEditDiT, build_dit
 from lowmem.models.dit_config import FULL_DIT_CONFIG, DiTConfig
+from lowmem.models.joint_attention import TextPadding
 from lowmem.offload import BudgetError, apply_plan, format_bytes, plan_for
+from lowmem.offload.planner import INSTRUCTION_TOKENS, dit_text_tokens
 from lowmem.spotedit import DiTSpotModel, fusion_alpha
 from quantize import swap_linears
 from quantize.schemes import DEFAULT_BACKEND, quantize_linear_weight
@@ -40,7 +49,6 @@ GIB = 2**30
 CAP_BYTES = 24 * GIB
 TIME_LIMIT_S = 9 * 60
 SPOT_FRACTION = 0.3
-TEXT_TOKENS = 256
 SMOKE_CONFIG = DiTConfig(hidden_size=256, heads_num=4, mm_double_blocks_depth=4, text_states_dim=256, rope_dim_list=(16, 24, 24))
 
 
@@ -121,13 +129,24 @@ def build_model(config: DiTConfig, precision: str, device: torch.device, plan_bu
     return dit, plan, offloaded
 
 
+def text_lengths(resolution: int) -> tuple[int, int]:
+    """(unconditional, conditional) text tokens the conditioner hands the DiT for one image: the
+    planner's count for the conditional prompt; the negative prompt lacks the instruction."""
+    conditional = dit_text_tokens(resolution)
+    return conditional - INSTRUCTION_TOKENS, conditional
+
+
 def inputs(config: DiTConfig, resolution: int, device: torch.device):
+    """[uncond ; cond] inputs of one CFG step: latents, text states (the uncond row zero-padded),
+    the padding read once (as the pipeline does per edit) and the timesteps."""
     g = torch.Generator().manual_seed(0)
     side = resolution // 8
     latents = torch.randn(1, 2, config.in_channels, 1, side, side, generator=g).expand(2, -1, -1, -1, -1, -1)
-    text = torch.randn(2, TEXT_TOKENS, config.text_states_dim, generator=g)
-    return (latents.to(device, torch.bfloat16), text.to(device, torch.bfloat16),
-            torch.ones(2, TEXT_TOKENS, dtype=torch.bool, device=device), torch.tensor([600.0, 600.0], device=device))
+    uncond, cond = text_lengths(resolution)
+    text = torch.randn(2, cond, config.text_states_dim, generator=g)
+    text[0, uncond:] = 0
+    return (latents.to(device, torch.bfloat16), text.to(device, torch.bfloat16), TextPadding((cond - uncond, 0)),
+            torch.tensor([600.0, 600.0], device=device))
 
 
 def timed(step: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> float:
@@ -150,6 +169,7 @@ def run_case(case: Case, config: DiTConfig, resolution: int, device: torch.devic
     if cuda:
         torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
         torch.cuda.reset_peak_memory_stats(device)
+        torch.cuda.reset_accumulated_memory_stats(device)  # num_alloc_retries counts this case only
     row = {"case": case.name, "precision": case.precision, "capped": case.capped, "spot": case.spot,
            "cap_bytes": cap if case.capped else None}
     try:
@@ -158,6 +178,14 @@ def run_case(case: Case, config: DiTConfig, resolution: int, device: torch.devic
         row["error"] = f"out of memory: {str(exc).splitlines()[0]}"
     except BudgetError as exc:
         row["error"] = f"planner refused: {exc}"
+    except Exception as exc:  # one broken case must not lose the others: record it and go on
+        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        row["traceback"] = traceback.format_exc()
+    if cuda:  # measured for failed cases too: how far an out-of-memory case got
+        row["peak_allocated"] = torch.cuda.max_memory_allocated(device)
+        row["peak_reserved"] = torch.cuda.max_memory_reserved(device)
+        row["alloc_retries"] = torch.cuda.memory_stats(device).get("num_alloc_retries", 0)
+        row["within_cap"] = row["peak_reserved"] <= cap
     # The DiT and its streamer reference each other (dit.block_runner -> streamer -> blocks): only
     # the cycle collector frees the case's GPU memory, once `measure`'s frame is gone.
     gc.collect()
@@ -173,27 +201,27 @@ def measure(case: Case, config: DiTConfig, resolution: int, device: torch.device
     budget = cap if cuda else 64 * GIB
     max_resident = None if cuda or not case.capped else config.mm_double_blocks_depth // 2
     dit, plan, offloaded = build_model(config, case.precision, device, budget, case.spot, resolution, max_resident)
+    cache = None
     try:
         row.update(plan=plan.summary(), resident_blocks=len(plan.dit.resident_blocks), blocks=plan.dit.num_blocks)
-        latents, text, mask, t = inputs(config, resolution, device)
+        latents, text, padding, t = inputs(config, resolution, device)
         spot = DiTSpotModel(dit)
         with torch.inference_mode():
             if case.spot:
                 cache = spot.new_cache(device if plan.spotedit.cache_placement != "host" else "cpu")
-                spot.full(latents, t, text, mask, cache)
+                spot.full(latents, t, text, padding, cache)
                 n = (latents.shape[-1] // 2) * (latents.shape[-2] // 2)
                 order = torch.randperm(n, generator=torch.Generator().manual_seed(1))
-                active = order[: round(SPOT_FRACTION * n)].sort().values.to(device)
+                active = order[: round(SPOT_FRACTION * n)].sort().values  # on the host, as the loop hands it
                 row["cache_bytes"], row["cache_on"] = cache.nbytes, str(cache.device)
-                step = lambda: spot.partial(latents, t, text, mask, active, cache, fusion_alpha(0.5))  # noqa: E731
+                step = lambda: spot.partial(latents, t, text, padding, active, cache, fusion_alpha(0.5))  # noqa: E731
             else:
-                step = lambda: dit(latents, t, text, mask)  # noqa: E731
+                step = lambda: dit(latents, t, text, padding)  # noqa: E731
             row["step_s"] = timed(step, device, repeats)
         row["bytes_streamed_per_step"] = plan.dit.streamed_bytes_per_step
-        if cuda:
-            row["peak_allocated"] = torch.cuda.max_memory_allocated(device)
-            row["within_cap"] = row["peak_allocated"] <= cap
     finally:
+        if cache is not None:
+            cache.release()
         offloaded.close()
 
 
@@ -213,14 +241,17 @@ def ratios(rows: list[dict]) -> dict[str, float]:
 
 
 def table(result: dict) -> str:
-    lines = [f"{'case':<44} {'resident':>9} {'step s':>8} {'peak alloc':>11} {'cap':>9}  note"]
+    lines = [f"{'case':<44} {'resident':>9} {'step s':>8} {'peak alloc':>11} {'peak resv':>11} {'retries':>7} "
+             f"{'cap':>9}  note"]
     for r in result["rows"]:
         resident = f"{r.get('resident_blocks', '-')}/{r.get('blocks', '-')}"
         step = f"{r['step_s']:.3f}" if "step_s" in r else "-"
-        peak = format_bytes(r["peak_allocated"]) if "peak_allocated" in r else "-"
+        allocated = format_bytes(r["peak_allocated"]) if "peak_allocated" in r else "-"
+        reserved = format_bytes(r["peak_reserved"]) if "peak_reserved" in r else "-"
         cap = format_bytes(r["cap_bytes"]) if r.get("cap_bytes") else "none" if r.get("capped") is False else "-"
-        note = r.get("error", "within cap" if r.get("within_cap") else "")
-        lines.append(f"{r['case']:<44} {resident:>9} {step:>8} {peak:>11} {cap:>9}  {note}")
+        note = r.get("error", "reserved within cap" if r.get("within_cap") else "")
+        lines.append(f"{r['case']:<44} {resident:>9} {step:>8} {allocated:>11} {reserved:>11} "
+                     f"{r.get('alloc_retries', '-'):>7} {cap:>9}  {note}")
     lines.append("")
     for name, value in result["ratios"].items():
         lines.append(f"{name:<52} {'-' if value is None else f'{value:.2f}x'}")
@@ -243,28 +274,34 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         device, config, resolution = torch.device("cuda"), FULL_DIT_CONFIG, args.resolution
     started = time.perf_counter()
-    rows = []
-    for case in CASES:
-        if time.perf_counter() - started > TIME_LIMIT_S - 60:
-            rows.append({"case": case.name, "error": "skipped: the 9 minute limit is near"})
-            continue
-        print(f"running: {case.name}", file=sys.stderr, flush=True)
-        rows.append(run_case(case, config, resolution, device, args.repeats))
+    uncond, cond = text_lengths(resolution)
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "config": {"hidden": config.hidden_size, "blocks": config.mm_double_blocks_depth, "resolution": resolution,
-                   "text_tokens": TEXT_TOKENS, "batch": 2, "spot_fraction": SPOT_FRACTION},
-        "rows": rows,
-        "ratios": ratios(rows),
-        "seconds": time.perf_counter() - started,
+                   "text_tokens": {"unconditional": uncond, "conditional": cond}, "batch": 2,
+                   "spot_fraction": SPOT_FRACTION},
+        "rows": [],
     }
-    text = table(result)
-    if args.out_dir:
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        (args.out_dir / "gpu_suite.json").write_text(json.dumps(result, indent=2))
-        (args.out_dir / "gpu_suite.txt").write_text(text + "\n")
-    print(text)
+    for case in CASES:
+        if time.perf_counter() - started > TIME_LIMIT_S - 60:
+            result["rows"].append({"case": case.name, "error": "skipped: the 9 minute limit is near"})
+        else:
+            print(f"running: {case.name}", file=sys.stderr, flush=True)
+            result["rows"].append(run_case(case, config, resolution, device, args.repeats))
+        result["ratios"], result["seconds"] = ratios(result["rows"]), time.perf_counter() - started
+        if args.out_dir:
+            write_results(args.out_dir, result)
+    print(table(result))
     return 0
+
+
+def write_results(out_dir: Path, result: dict) -> None:
+    """gpu_suite.json and gpu_suite.txt as they stand, each written aside and renamed into place."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in (("gpu_suite.json", json.dumps(result, indent=2)), ("gpu_suite.txt", table(result) + "\n")):
+        part = out_dir / f"{name}.part"
+        part.write_text(text)
+        os.replace(part, out_dir / name)
 
 
 if __name__ == "__main__":
