@@ -230,3 +230,27 @@ def test_host_ring_on_cuda_is_bit_identical_to_device_caches(dit, slots, prefetc
     cache = spot.new_cache("cpu", slots=slots, prefetch=prefetch)
     on_host = run_edits(spot, cache, device="cuda", dtype=torch.bfloat16)
     assert all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(on_host, on_device))
+
+
+@pytest.mark.parametrize("resident, slots, depth", [(1, 2, 1), (0, 1, 0), (2, 2, 0)])
+def test_streamed_weights_and_host_caches_share_one_ordered_protocol(dit, device_placed, resident, slots, depth):
+    """The DiT's blocks stream through the weight ring while their caches move through the cache
+    ring, on the same streams: one log, checked as a whole, and the numbers of resident weights with
+    caches on the device."""
+    from lowmem.offload import apply_plan, plan_for
+
+    model = copy.deepcopy(dit)
+    plan = plan_for(model, "256MB", 128, device="cpu", storage="pageable", max_resident_blocks=resident, slots=slots,
+                    prefetch_depth=depth)
+    streams = RecordingStreams()
+    offloaded = apply_plan(model, plan, "cpu", streams=streams)
+    assert len(offloaded.streamer.streamed) == BLOCKS - resident
+    spot = DiTSpotModel(model)
+    cache = spot.new_cache(placement="host", slots=2, prefetch=1)
+    assert cache.streams is streams  # the cache ring rides the weight ring's streams
+    outs = run_edits(spot, cache)
+    offloaded.close()
+    assert all(torch.equal(a, b) for a, b in zip(outs, device_placed))
+    assert_ordered(streams.log)
+    copied = {op.buffer.rsplit(" ", 1)[0] for op in streams.log if op.kind == "copy" and op.stream == "copy"}
+    assert {"dit slot", "spot cache slot"} <= copied
