@@ -96,6 +96,8 @@ class Streams:
 
     # -- work ---------------------------------------------------------------------------------
     def copy(self, dst: Buffer, src: Buffer, tag: str, stream: str = COPY) -> None:
+        if src.tensor.is_meta and not dst.tensor.is_meta:
+            return  # a meta tensor holds no data (a meta run writing back to the host): only shapes flow
         dst.tensor.copy_(src.tensor)
 
     def write(self, dst: Buffer, tag: str, fill: Callable[[torch.Tensor], None]) -> None:
