@@ -254,3 +254,17 @@ def test_streamed_weights_and_host_caches_share_one_ordered_protocol(dit, device
     assert_ordered(streams.log)
     copied = {op.buffer.rsplit(" ", 1)[0] for op in streams.log if op.kind == "copy" and op.stream == "copy"}
     assert {"dit slot", "spot cache slot"} <= copied
+
+
+def test_host_placed_caches_run_on_meta():
+    """A meta-device edit of a plan with host caches: the ring's slots are meta, the arena is host
+    memory, the writebacks carry no data, and every shape flows."""
+    model = build_dit(CFG, device="meta", dtype=torch.bfloat16)
+    spot = DiTSpotModel(model)
+    cache = spot.new_cache("cpu")  # where the plan puts caches that do not fit on the device
+    latents = torch.empty(2, 2, 16, 1, 8, 8, device="meta", dtype=torch.bfloat16)
+    t, text = torch.empty(2, device="meta"), torch.empty(2, 5, CFG.text_states_dim, device="meta", dtype=torch.bfloat16)
+    assert spot.full(latents, t, text, None, cache).is_meta and cache.ring is not None
+    assert spot.partial(latents, t, text, None, torch.tensor([1, 2]), cache, fusion_alpha(0.5)).is_meta
+    assert cache.bytes_written_back == BLOCKS * cache.ring.block_bytes * 3 // 2
+    cache.release()
