@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 from lowmem.offload.presets import PRECISIONS, available_presets
 
-HELP = "show how a run would use a memory budget: what stays resident, what streams, the memory estimate"
+HELP = ("show how a run would use a memory budget: what stays resident, what streams, the memory estimate "
+        "(with the traced peaks behind it) and, for a preset, the predicted step time")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lowmem.models.dit import build_dit
     from lowmem.models.dit_config import FULL_DIT_CONFIG
+    from lowmem.offload import time_model
     from lowmem.offload.planner import plan_for
+    from lowmem.offload.presets import load_preset
 
     config = FULL_DIT_CONFIG
     if args.model is not None:
@@ -39,5 +44,17 @@ def run(args: argparse.Namespace) -> int:
     model = build_dit(config, device="meta")
     plan = plan_for(model, args.budget, args.resolution, args.quantization, args.spot, preset=args.preset,
                     device=args.device, host_ram=args.host_ram, guidance=args.guidance)
-    print(plan.to_json() if args.json else plan.format_table())
+    preset = load_preset(args.preset) if args.preset else None
+    timed = preset is not None and preset.bf16_tflops and plan.device == "cuda"
+    steps = time_model.predict(plan, preset, config) if timed else []
+    if args.json:
+        data = plan.to_dict()
+        data["time_model"] = [{**asdict(s), "seconds": s.seconds} for s in steps]
+        print(json.dumps(data, indent=2))
+        return 0
+    print(plan.format_table())
+    if steps:
+        print(time_model.format_steps(steps, preset))
+    else:
+        print("time model: give a --preset with device figures (bf16_tflops, sustained, h2d_gbps) to predict step times")
     return 0

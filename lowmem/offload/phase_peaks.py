@@ -29,7 +29,7 @@ import copy
 import json
 from dataclasses import replace
 from functools import lru_cache
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -102,9 +102,13 @@ def _dit_inputs(config: DiTConfig, resolution: int, text_tokens: int, batch: int
 def dit_forward(config: DiTConfig, precision: str, dtype: torch.dtype, resolution: int, text_tokens: int,
                 batch: int) -> int:
     """Peak bytes of one full DiT forward (the denoising step's network call)."""
-    model = traced_dit(config, precision, dtype)
-    latents, timestep, text = _dit_inputs(config, resolution, text_tokens, batch, dtype)
-    return _trace_dit(lambda: model(latents, timestep, text))
+    return _trace_dit(forward_call(traced_dit(config, precision, dtype), resolution, text_tokens, batch))
+
+
+def forward_call(model: SpatialEditDiT, resolution: int, text_tokens: int, batch: int) -> Callable[[], Any]:
+    """One full forward of `model` on meta inputs (traced for bytes here, counted for FLOPs by the time model)."""
+    latents, timestep, text = _dit_inputs(model.config, resolution, text_tokens, batch, model.dtype)
+    return lambda: model(latents, timestep, text)
 
 
 @lru_cache(maxsize=64)
@@ -133,27 +137,36 @@ def spot_step(config: DiTConfig, precision: str, dtype: torch.dtype, resolution:
               active_fraction: float) -> int:
     """Peak bytes of a SpotEdit partial step with `active_fraction` of the target tokens recomputed,
     beyond its K/V caches (the planner places those; see `spotedit.cache`)."""
+    return _trace_dit(spot_call(traced_dit(config, precision, dtype), resolution, text_tokens, batch, active_fraction))
+
+
+def spot_call(model: SpatialEditDiT, resolution: int, text_tokens: int, batch: int,
+              active_fraction: float) -> Callable[[], Any]:
+    """One SpotEdit partial step of `model` on meta inputs, its caches recorded beforehand."""
     from lowmem.spotedit import DiTSpotModel
 
-    model = traced_dit(config, precision, dtype)
     spot = DiTSpotModel(model)
-    latents, timestep, text = _dit_inputs(config, resolution, text_tokens, batch, dtype)
+    latents, timestep, text = _dit_inputs(model.config, resolution, text_tokens, batch, model.dtype)
     with torch.no_grad():
         cache = spot.new_cache(META)
         spot.full(latents, timestep, text, None, cache)  # the caches exist before a partial step
     tokens = (resolution // DIT_PATCH) ** 2
     # Which tokens are active is decided on the host (real indices); which ones does not change the bytes.
     active = torch.arange(max(1, round(active_fraction * tokens)))
-    return _trace_dit(lambda: spot.partial(latents, timestep, text, None, active, cache, 0.5))
+    return lambda: spot.partial(latents, timestep, text, None, active, cache, 0.5)
 
 
 @lru_cache(maxsize=16)
 def selector(vae_config: tuple, resolution: int) -> int:
     """Peak bytes of SpotEdit's selector score (the early VAE decoder stages over the whole latent)."""
+    return trace_peak(selector_call(vae_config, resolution))
+
+
+def selector_call(vae_config: tuple, resolution: int) -> Callable[[], Any]:
     vae = traced_vae(vae_config)
     side = resolution // VAE_SCALE
     latents = torch.empty(1, vae.module.config.z_dim, 1, side, side, device=META, dtype=vae.dtype)
-    return trace_peak(lambda: vae.decoder_features(latents))
+    return lambda: vae.decoder_features(latents)
 
 
 # ---------------------------------------------------------------------------------------- the VAE

@@ -36,6 +36,10 @@ class Preset:
     storage: str = "auto"
     vae_tile: Optional[int] = None  # None: the planner decides (untiled when it fits)
     spotedit: bool = False
+    # Device figures for the time model (`lowmem plan`), each with its source in the preset file.
+    bf16_tflops: Optional[float] = None  # dense bf16 tensor throughput (FP32 accumulate), TFLOP/s
+    sustained: Optional[float] = None  # fraction of it a whole DiT forward sustains
+    h2d_gbps: Optional[float] = None  # pinned host-to-device copy bandwidth, GB/s
 
 
 _KEYS = {f.name for f in fields(Preset)}
@@ -89,6 +93,12 @@ def parse_preset(path: Path) -> Preset:
         raise PresetError(f"{path.name}: resolution must be a multiple of 16 and at least 64, got {data['resolution']}")
     if data.get("vae_tile") and data["vae_tile"] % 8:
         raise PresetError(f"{path.name}: vae_tile must be a multiple of 8, got {data['vae_tile']}")
+    for key in ("bf16_tflops", "sustained", "h2d_gbps"):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
+            raise PresetError(f"{path.name}: {key} must be a positive number, got {value!r}")
+    if data.get("sustained") is not None and data["sustained"] > 1:
+        raise PresetError(f"{path.name}: sustained is a fraction of the peak (0..1], got {data['sustained']}")
     if not isinstance(data.get("spotedit", False), bool):
         raise PresetError(f"{path.name}: spotedit must be true or false")
     return Preset(**data)
