@@ -27,7 +27,8 @@ def traced_live_bytes(plan, phase: str) -> int:
     if phase == "denoise":
         runs = [peaks.dit_forward(FULL_DIT_CONFIG, precision, dtype, res, text, batch)]
         if plan.spotedit.enabled:
-            runs += [peaks.spot_step(FULL_DIT_CONFIG, precision, dtype, res, text, batch, 0.3), peaks.selector(VAE, res)]
+            shape = (FULL_DIT_CONFIG, precision, dtype, res, text, batch)
+            runs += [peaks.spot_step(*shape, 0.3), peaks.spot_step(*shape, 0.0), peaks.selector(VAE, res)]
         return max(runs)
     if phase == "encode image":
         return peaks.vae_encode(VAE, res)

@@ -176,6 +176,8 @@ class _Sizes:
         if a.spotedit:
             vae_key = self.vae_key(a, full)
             denoise[f"spotedit step ({SPOT_ACTIVE_FRACTION:.0%} active)"] = peaks.spot_step(*shape, SPOT_ACTIVE_FRACTION)
+            # One active token: every other target token is fused in the kv hook (its largest temporaries).
+            denoise["spotedit step (1 token active)"] = peaks.spot_step(*shape, 0.0)
             denoise["spotedit selector"] = peaks.selector(vae_key, res)
         self.traced["denoise"] = denoise
         from lowmem.spotedit.footprint import spot_cache_bytes
@@ -236,9 +238,8 @@ def _solve(a: _Args) -> Plan:
     pixels_tile_min = VAE_TILES[-1] if a.vae_tile is None else min(a.vae_tile, a.resolution)
     smallest_decode = sizes.decode(a.resolution, pixels_tile_min)
 
-    # Caches kept on the host come to the device one block at a time, through as many slots as
-    # the block ring has (or would have: prefetch depth + 1 when every block is resident).
-    cache_slots = max(a.slots or 0, a.depth + 1)
+    # Caches kept on the host come to the device through the cache's own ring of slots.
+    from lowmem.spotedit.cache import CACHE_SLOTS as cache_slots
 
     def resident_count(cache_on_device: bool, slots: int) -> int:
         caches = sizes.cache_per_block * (n if cache_on_device else cache_slots)
