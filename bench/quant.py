@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from timing import interleaved_best
 
 from lowmem.models.dit_config import TINY_DIT_CONFIG, DiTConfig
 from lowmem.models.dit_loading import load_dit
@@ -37,7 +38,8 @@ from lowmem.models.layout import open_model_folder
 from lowmem.pipeline import SpatialEditPipeline
 from lowmem.testing import write_tiny_model
 from quantize import convert, load_quantized_dit, read_manifest
-from quantize.schemes import BACKENDS, DEFAULT_BACKEND_BY_DEVICE, GROUP_SIZE, SCHEMES, dequantize, quantize_linear_weight, weight_error
+from quantize.schemes import (BACKENDS, DEFAULT_BACKEND_BY_DEVICE, GROUP_SIZE, SCHEMES, dequantize, quantize_linear_weight,
+                              weight_error)
 
 MEDIUM = DiTConfig(hidden_size=512, heads_num=4, mm_double_blocks_depth=4, text_states_dim=64, rope_dim_list=(16, 56, 56))
 PROMPT = "Rotate the object to show the front side view."
@@ -170,20 +172,6 @@ def choose_defaults(rows: list[dict]) -> dict[str, str]:
                 best, best_ms = backend, ms
         chosen[scheme] = best
     return chosen
-
-
-def interleaved_best(fns: list, repeats: int) -> list[float]:
-    """Best-of-`repeats` seconds of each fn, the repeats interleaved so that load from other
-    processes hits every variant alike (after one warm-up call each)."""
-    for fn in fns:
-        fn()
-    best = [math.inf] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best
 
 
 def run(fast: bool, workdir: Path) -> dict:

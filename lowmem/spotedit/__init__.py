@@ -1,7 +1,8 @@
 """SpotEdit for the SpatialEdit DiT: only edited tokens are recomputed after a few full steps.
 
 Public surface: `SpotConfig` (the knobs), `spot_denoise` (the loop the pipeline runs),
-`SpotSelector` (which tokens are edited), `SpotKVCache` (per-block K/V caches, on the device or in a
+`SpotSelector` (which tokens are edited; it scores with `ScoreStages`, the VAE decoder stages cut to
+one frame in the compute dtype), `SpotKVCache` (per-block K/V caches, on the device or in a
 pinned host arena moved through a ring of device slots), `spot_cache_bytes` (their exact bytes for
 the offload plan), `DiTSpotModel` (full / partial forwards through `block_runner`),
 `replace_tokens` (the final paste with boundary smoothing).
@@ -14,11 +15,13 @@ from lowmem.spotedit.denoise import SpotOutcome, spot_denoise
 from lowmem.spotedit.footprint import SpotCacheBytes, spot_cache_bytes
 from lowmem.spotedit.model import DiTSpotModel
 from lowmem.spotedit.replace import replace_tokens
+from lowmem.spotedit.score_stages import ScoreStages
 from lowmem.spotedit.selector import SpotSelector, dilate
 
 __all__ = [
     "DiTSpotModel",
     "RecordHook",
+    "ScoreStages",
     "SpotConfig",
     "SpotCacheBytes",
     "SpotHook",

@@ -50,3 +50,11 @@ class SpotConfig:
             initial = max(1, round(self.initial_steps * scale))
             resets = {round(s * scale) for s in self.reset_steps}
         return initial, frozenset(r for r in resets if initial <= r < steps)
+
+    def selection_steps(self, steps: int) -> frozenset[int]:
+        """Steps whose edited-token mask the selector chooses (from the step before's X0_hat): the
+        first spot step after the initial steps and after each reset, as the official code does;
+        the rest of a segment keeps its mask."""
+        initial, resets = self.schedule(steps)
+        starts = {initial} | {r + 1 for r in resets}
+        return frozenset(s for s in starts if s < steps and s not in resets)

@@ -1,7 +1,8 @@
 """The SpotEdit denoising loop for the SpatialEdit pipeline.
 
-Steps: the first `initial` steps and the reset steps run in full and record the K/V caches; after
-each step the selector turns X0_hat into the active-token mask for the next step; a spot step runs
+Steps: the first `initial` steps and the reset steps run in full and record the K/V caches; before
+the first spot step of each segment (after the initial steps, after each reset) the selector turns
+the step before's X0_hat into the active-token mask, kept for the segment; a spot step runs
 the DiT on the active tokens only (CFG rows [uncond ; cond] share the set), and the non-edited
 tokens follow the velocity that carries them straight to the condition latent, v = (x - y) / sigma.
 A step whose mask holds every token runs in full, so a threshold that skips nothing gives exactly
@@ -86,7 +87,8 @@ def spot_denoise(
     x = torch.randn(condition.shape, generator=generator, dtype=torch.float32).to(device)
     condition = condition.float()
     initial, resets = config.schedule(steps)
-    selector = SpotSelector(vae, condition, config.threshold, config.dilation)
+    selector = SpotSelector(vae, condition, config.threshold, config.dilation, dtype=dtype)
+    selections = config.selection_steps(steps)
     cache: Optional[SpotKVCache] = None
     edited: Optional[torch.Tensor] = None  # active mask for the coming step
     outcome = SpotOutcome()
@@ -115,8 +117,9 @@ def spot_denoise(
             v = step_velocity(v, guidance)
             outcome.active_fraction.append(1.0)
             outcome.full_steps.append(i)
-        if i + 1 >= initial:
-            edited = selector.select(x - sigma * v)  # for the next step; after the last: the final region
+        last_chance = i + 1 == steps and edited is None and i + 1 >= initial  # no segment chose a region
+        if i + 1 in selections or last_chance:
+            edited = selector.select(x - sigma * v)  # for the coming segment; after the last: the region
         x = scheduler.step(v, t, x).prev_sample
 
     if edited is not None and not bool(edited.all()):

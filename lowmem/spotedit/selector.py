@@ -5,7 +5,11 @@ the condition latent through the first three stages of the Wan VAE decoder (conv
 up_blocks[0]), LPIPS-style: per stage, unit-normalise over channels, square the difference and sum
 over channels, resize to the latent grid; average the stages; 2x2 average-pool to one score per DiT
 token (patch 2x2). Tokens scoring under the threshold are non-edited; the edited set is dilated by
-a (2r+1)^2 max-pool. The condition's features are computed once.
+a (2r+1)^2 max-pool.
+
+Cost: the stages run as `ScoreStages` (one-frame 2-D convolutions, in the compute dtype, on the
+compute device), the condition's features are computed once per edit, and the loop asks for a
+mask only where the official schedule makes one (`SpotConfig.selection_steps`), not every step.
 
 The threshold is fixed (the paper's tau, 0.15 by default) or "auto": a 1-D 2-means split of the
 step's token scores (the official code's later, adaptive variant), for models or images whose
@@ -20,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from lowmem.models.vae import WanVAE
+from lowmem.spotedit.score_stages import ScoreStages
 
 MIN_THRESHOLD = 1e-4
 AUTO = "auto"
@@ -64,20 +69,22 @@ def tokens_to_latent(mask: torch.Tensor, patch: tuple[int, int] = (2, 2)) -> tor
 
 
 class SpotSelector:
-    def __init__(self, vae: WanVAE, condition: torch.Tensor, threshold: Threshold, dilation: int = 1, patch: tuple[int, int] = (2, 2)):
-        """condition: normalised condition latent (1, C, 1, H, W)."""
-        self.vae = vae
+    def __init__(self, vae: WanVAE, condition: torch.Tensor, threshold: Threshold, dilation: int = 1,
+                 patch: tuple[int, int] = (2, 2), dtype: Optional[torch.dtype] = None):
+        """condition: normalised condition latent (1, C, 1, H, W) on the compute device; `dtype`: the
+        compute dtype the decoder stages run in (default: the VAE's)."""
+        self.stages = ScoreStages(vae, dtype or vae.dtype, condition.device)
         self.threshold = threshold
         self.dilation = dilation
         self.patch = patch
         self.grid = condition.shape[-2:]
-        self.condition_features = [_unit(f.float()) for f in vae.decoder_features(condition)]
+        self.condition_features = [_unit(f.float()) for f in self.stages(condition)]
         self.last_scores: Optional[torch.Tensor] = None
 
     def scores(self, x0_hat: torch.Tensor) -> torch.Tensor:
         """Token scores (h, w) of X0_hat (1, C, 1, H, W) against the condition."""
         total = None
-        for feat, ref in zip(self.vae.decoder_features(x0_hat), self.condition_features):
+        for feat, ref in zip(self.stages(x0_hat), self.condition_features):
             diff = (_unit(feat.float()) - ref).pow(2).sum(dim=1, keepdim=True)  # (1, 1, h', w')
             if diff.shape[-2:] != self.grid:
                 diff = F.interpolate(diff, size=tuple(self.grid), mode="area")
