@@ -166,7 +166,10 @@ def selector_call(vae_config: tuple, resolution: int) -> Callable[[], Any]:
     vae = traced_vae(vae_config)
     side = resolution // VAE_SCALE
     latents = torch.empty(1, vae.module.config.z_dim, 1, side, side, device=META, dtype=vae.dtype)
-    return lambda: vae.decoder_features(latents)
+    from lowmem.spotedit.score_stages import ScoreStages
+
+    stages = ScoreStages(vae, vae.dtype, META)  # what SpotSelector runs (one-frame stages)
+    return lambda: stages(latents)
 
 
 # ---------------------------------------------------------------------------------------- the VAE

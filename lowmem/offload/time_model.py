@@ -105,8 +105,8 @@ def predict(plan: Plan, preset: Preset, config: DiTConfig) -> list[StepTime]:
 
 def denoise_seconds(steps: list[StepTime], count: int = 30) -> tuple[int, int, float]:
     """(full steps, spot steps, seconds) of denoising `count` steps: with SpotEdit, its schedule's
-    initial and reset steps run in full and every other step is a spot step; the selector runs
-    after every step from the first spot-eligible one on (counted after every step here)."""
+    initial and reset steps run in full and every other step is a spot step; the selector runs once
+    per spot segment (`SpotConfig.selection_steps`)."""
     full = steps[0]
     if len(steps) == 1:
         return count, 0, count * full.seconds
@@ -115,7 +115,8 @@ def denoise_seconds(steps: list[StepTime], count: int = 30) -> tuple[int, int, f
     initial, resets = SpotConfig().schedule(count)
     n_full = initial + len(resets)
     spot, selector = steps[1], steps[2]
-    return n_full, count - n_full, n_full * full.seconds + (count - n_full) * spot.seconds + count * selector.seconds
+    calls = len(SpotConfig().selection_steps(count))
+    return n_full, count - n_full, n_full * full.seconds + (count - n_full) * spot.seconds + calls * selector.seconds
 
 
 def format_steps(steps: list[StepTime], preset: Preset, count: int = 30) -> str:
