@@ -6,7 +6,9 @@ to) `meta`, and the edit runs the conditioner, the VAE encode, every DiT forward
 partial steps, resident, streamed and quantized blocks) and the VAE decode there. Nothing is
 computed; any tensor made on the CPU by default and mixed into device math raises, as on CUDA.
 
-Three seams, all in this file, supply what is data-dependent and so cannot come from `meta`:
+Three seams, all in this file, supply what is data-dependent and so cannot come from `meta` (a
+fourth, in `test_streamed_conditioner_plan`, asks for a placement the planner never picks for a
+model this small):
 - `run_qwen3vl_text_path`: transformers' Qwen3-VL turns token ids and image grids into M-RoPE
   positions, vision-token scatter and deepstack masks on the host. The stand-in checks that every
   input our conditioner hands the model is on its device, then runs the real token embedding and
@@ -116,3 +118,22 @@ def test_quantized_plan(tiny_model, decoded, scheme):
     assert pipe.offload.plan.dit.precision == scheme
     quantized = [m for m in pipe.dit.double_blocks[0].modules() if type(m).__name__ == "QuantizedLinear"]
     assert quantized and pipe.offload.dit.stats()["streamed_blocks"] == 1
+
+
+def test_streamed_conditioner_plan(tiny_model, decoded, monkeypatch):
+    """The planner never streams the tiny conditioner (0.6 MB), so its real plan is taken and the
+    conditioner's placement switched to "streamed": its decoder layers go through device slots."""
+    import lowmem.offload.planned_load as planned_load
+
+    real_plan_for = planned_load.plan_for
+
+    def streamed_conditioner(*args, **kwargs):
+        plan = real_plan_for(*args, **kwargs)
+        plan.vlm.placement = "streamed"
+        return plan
+
+    monkeypatch.setattr(planned_load, "plan_for", streamed_conditioner)
+    pipe, result = meta_edit(tiny_model, decoded, memory_budget="2GB", max_resident_blocks=0)
+    vlm = pipe.offload.vlm
+    assert type(vlm).__name__ == "StreamedConditioner" and vlm.stats()["bytes_streamed"] > 0
+    assert "vlm bytes streamed" in result.report.extra
