@@ -268,3 +268,13 @@ def test_host_placed_caches_run_on_meta():
     assert spot.partial(latents, t, text, None, torch.tensor([1, 2]), cache, fusion_alpha(0.5)).is_meta
     assert cache.bytes_written_back == BLOCKS * cache.ring.block_bytes * 3 // 2
     cache.release()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(placement="gpu"), "placement is 'device' or 'host'"),
+    (dict(slots=0), "slots >= 1"),
+    (dict(slots=2, prefetch=2), "prefetch <= slots - 1"),
+])
+def test_bad_ring_settings_are_refused_up_front(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SpotKVCache(BLOCKS, **kwargs)

@@ -63,7 +63,6 @@ class SpotKVCache:
         self.ring: Optional[CacheRing] = None  # "host" placement
         self.recorded = [False] * blocks
         self.tokens_per_item = 0  # target tokens n: positions [0, n) of every block's cache
-        self.recorded_steps = 0
 
     @property
     def ready(self) -> bool:

@@ -46,7 +46,6 @@ class DiTSpotModel:
         img, _ = dit.block_runner(dit.double_blocks, img, txt, ctx)
         if cache is not None:
             cache.end_forward()
-            cache.recorded_steps += 1
         return dit.head(img[:, : grid.per_item], grid)
 
     def partial(
