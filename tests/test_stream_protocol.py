@@ -466,3 +466,28 @@ def test_device_part_keeps_tied_weights_tied_and_stores_them_once():
         assert head.weight is embed.weight and head.weight.data_ptr() == part.arena.flat.data_ptr()
     part.close()
     assert_ordered(streams.log)
+
+
+def test_a_failed_read_surfaces_on_the_compute_thread_and_nothing_hangs(tmp_path):
+    dit, offloaded, streams = recorded(RINGS["wrapping ring of 3, depth 2"], "disk", tmp_path / "b")
+    streamer = offloaded.streamer
+    for p in (3, 4):  # block 3 is read while a forward waits for it, block 4 as a prefetch
+        victim = streamer.store.path(streamer.streamed[p])
+        victim.write_bytes(victim.read_bytes()[:100])  # truncated on disk
+    with torch.inference_mode(), pytest.raises(OSError, match="ended after 100 of"):
+        dit(*inputs(torch.float32))
+    offloaded.close()  # block 4's failed prefetch is not needed any more: no second error
+    assert streamer.reader._thread is None and streamer.slots is None and streamer.host_bytes() == 0
+
+
+def test_an_unclosed_streamer_stops_its_reader_thread(tmp_path):
+    import gc
+
+    dit, offloaded, _ = recorded(RINGS["wrapping ring of 3, depth 2"], "disk", tmp_path / "b")
+    run_steps(dit, torch.float32, steps=1)
+    thread = offloaded.streamer.reader._thread
+    assert thread.is_alive()
+    del dit, offloaded
+    gc.collect()
+    thread.join(timeout=10)
+    assert not thread.is_alive()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -25,12 +26,14 @@ class Job:
 
 
 class ReaderThread:
-    def __init__(self, streams: Streams, name: str):
+    def __init__(self, streams: Streams, name: str, owner: object):
+        """The thread stops when `close()` is called or when `owner` is garbage collected."""
         self.streams = streams
         self.name = name
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: Optional[threading.Thread] = None
         self._count = 0
+        weakref.finalize(owner, self._queue.put, None)
 
     def submit(self, load: Callable[[], None]) -> Job:
         self._count += 1
@@ -50,14 +53,17 @@ class ReaderThread:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            request, load, job = item
-            try:
-                self.streams.host_wait(request)
-                load()
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
-                job.error = exc
-            finally:
-                self.streams.record(job.issued)
+            self._serve(*item)
+            del item  # an idle thread must not keep the last load (and its streamer) alive
+
+    def _serve(self, request: Event, load: Callable[[], None], job: Job) -> None:
+        try:
+            self.streams.host_wait(request)
+            load()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            job.error = exc
+        finally:
+            self.streams.record(job.issued)
 
     def close(self) -> None:
         """Finish what was submitted and stop the thread."""

@@ -107,7 +107,7 @@ class BlockStreamer:
         self.staging_arena: Optional[PinnedArena] = None
         self.reader: Optional[ReaderThread] = None
         if isinstance(self.store, DiskStore) and n:
-            self.reader = ReaderThread(self.streams, f"{name} reader")
+            self.reader = ReaderThread(self.streams, f"{name} reader", owner=self)
             if self.async_copies or self.device.type != "cpu":  # reads land in host memory first
                 self.staging_arena = PinnedArena([self.slot_bytes] * self.num_slots, pin=self.streams.pin)
                 self.staging = [self.streams.host(f"{name} staging {s}", t) for s, t in enumerate(self.staging_arena.views)]
@@ -170,12 +170,18 @@ class BlockStreamer:
         self._copy_in(s, slot, staging, tag, wait_done)
         self.staging_used[s] = True
 
-    def _drain(self) -> None:
-        """Wait until the reader issued everything submitted (before forgetting or freeing slots)."""
-        for s, job in enumerate(self.jobs):
-            if job is not None:
-                self.jobs[s] = None
+    def _drain(self, report: bool = True) -> None:
+        """Wait until the reader issued everything submitted (before forgetting or freeing slots);
+        then raise the first failed read, if any and if `report`."""
+        jobs, self.jobs = [job for job in self.jobs if job is not None], [None] * self.num_slots
+        errors = []
+        for job in jobs:
+            try:
                 self.reader.wait(job)
+            except Exception as exc:  # noqa: BLE001 - every job is waited for first
+                errors.append(exc)
+        if errors and report:
+            raise errors[0]
 
     def reset(self) -> None:
         """Forget what the slots hold (after an interrupted forward). A block may have stopped
@@ -191,12 +197,14 @@ class BlockStreamer:
         or a DiT released after decoding, should not hold them). Only between forwards."""
         if self.slots is None:
             return
-        self.reset()
-        if self.async_copies:
-            self.streams.wait_stream(COMPUTE, COPY)  # no copy may still write a slot compute frees
-        for slot in self.slots:
-            self.streams.free(slot)
-        self.slots = None
+        try:
+            self.reset()
+        finally:
+            if self.async_copies:
+                self.streams.wait_stream(COMPUTE, COPY)  # no copy may still write a slot compute frees
+            for slot in self.slots:
+                self.streams.free(slot)
+            self.slots = None
 
     def enter(self, i: int) -> None:
         """Before block `i` runs: for a streamed block, issue the copies `depth` ahead and bind the
@@ -271,11 +279,15 @@ class BlockStreamer:
 
     def close(self) -> None:
         """Wait for copies in flight, give the slots back, stop the reader, release host memory."""
-        self.free_slots()
         if self.reader is not None:
-            self.reader.close()
-        if self.streamed:
-            self.streams.host_wait_stream(COPY)  # nothing may read the arena once it is unpinned
-        self.store.close()
-        if self.staging_arena is not None:
-            self.staging_arena.close()
+            self._drain(report=False)  # prefetches nobody will use: a failed one does not matter now
+        try:
+            self.free_slots()
+        finally:
+            if self.reader is not None:
+                self.reader.close()
+            if self.streamed:
+                self.streams.host_wait_stream(COPY)  # nothing may read the arena once it is unpinned
+            self.store.close()
+            if self.staging_arena is not None:
+                self.staging_arena.close()
