@@ -170,8 +170,8 @@ def test_cuda_streaming_is_event_ordered_and_bitwise(storage, tmp_path):
         assert torch.cuda.memory_allocated() == allocated  # no weight memory left behind
         offloaded.close()
         assert streamer.slots is None and streamer.host_bytes() == 0
-        if streamer.streamed:
-            assert torch.cuda.memory_allocated() == allocated - streamer.num_slots * streamer.slot_bytes
+        if streamer.streamed:  # the slots are given back (the allocator rounds each up a little)
+            assert allocated - torch.cuda.memory_allocated() >= streamer.num_slots * streamer.slot_bytes
 
 
 @pytest.mark.cuda
@@ -184,17 +184,24 @@ def test_cuda_evictable_dit_places_and_releases_without_copying_back():
     dit = random_dit(torch.bfloat16)
     plan = plan_for(dit, "8GB", 128, device="cuda", storage="pinned", **PLANS["ring of 3, depth 2"])
     offloaded = apply_plan(dit, plan, "cuda", evictable=True)
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    host = offloaded.part.arena.flat
-    assert host.is_pinned()
+    assert offloaded.part.arena.flat.is_pinned()
+    after_release = []
     for _ in range(3):
         offloaded.place()
         assert all(p.is_cuda for m in offloaded.part.modules for p in m.parameters())
         with torch.inference_mode():
             assert torch.equal(dit(latents, t, text), expected)
-        offloaded.release()
-        assert all(not p.is_cuda for m in offloaded.part.modules for p in m.parameters())
         torch.cuda.synchronize()
-        assert torch.cuda.memory_allocated() == before  # resident part and slots given back
+        placed = torch.cuda.memory_allocated()
+        offloaded.release()
+        assert all(not p.is_cuda and p.is_pinned() for m in offloaded.part.modules for p in m.parameters())
+        torch.cuda.synchronize()
+        after_release.append(torch.cuda.memory_allocated())
+        # the resident part and the slots are given back
+        assert placed - after_release[-1] >= offloaded.part.nbytes + streamer_slot_bytes(offloaded)
+    assert after_release[1:] == after_release[:-1]  # nothing accumulates across cycles
     offloaded.close()
+
+
+def streamer_slot_bytes(offloaded) -> int:
+    return offloaded.streamer.num_slots * offloaded.streamer.slot_bytes

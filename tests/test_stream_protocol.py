@@ -174,7 +174,8 @@ def test_cuda_arena_is_pinned_exactly_and_unpinned_on_close():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_streams_order_a_slow_copy():
     streams = streams_for("cuda")
-    host = streams.host("h", PinnedArena([1 << 24], pin=True).views[0].fill_(3))
+    arena = PinnedArena([1 << 24], pin=True)
+    host = streams.host("h", arena.views[0].fill_(3))
     slot = streams.allocate("slot", 1 << 24)
     streams.wait_stream(COPY, COMPUTE)
     with torch.cuda.stream(streams.stream(COPY)):
@@ -184,6 +185,8 @@ def test_cuda_streams_order_a_slow_copy():
     streams.record(loaded, COPY)
     streams.wait(loaded, COMPUTE)
     assert int(slot.tensor.sum()) == 3 << 24
+    streams.host_wait_stream(COPY)
+    arena.close()
 
 
 # -- the streamer's protocol over many steps of every plan kind ------------------------------------
