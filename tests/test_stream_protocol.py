@@ -494,3 +494,26 @@ def test_an_unclosed_streamer_stops_its_reader_thread(tmp_path):
     gc.collect()
     thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("evictable", [False, True], ids=["placed", "evictable"])
+@pytest.mark.parametrize("storage", ["pageable", "disk"])
+def test_meta_device_runs_the_immediate_protocol_ordered(storage, evictable, tmp_path):
+    """Compute on `meta` (the CPU-only checks' device): host images and staging on the CPU, slots
+    and the placed resident part on `meta`, the evictable part never moved there before `place`."""
+    dit = random_dit(torch.float32)
+    plan = plan_for(dit, "256MB", 128, device="cpu", storage=storage, max_resident_blocks=1, slots=3, prefetch_depth=2)
+    streams = RecordingStreams("meta", async_copies=False)
+    offloaded = apply_plan(dit, plan, "meta", streams=streams, disk_dir=tmp_path / "b", evictable=evictable)
+    resident = dit.double_blocks[offloaded.streamer.resident[0]]
+    assert all(p.device.type == ("cpu" if evictable else "meta") for p in resident.parameters())
+    offloaded.place()
+    assert all(p.device.type == "meta" for p in resident.parameters())
+    latents, t, text = (x.to("meta") for x in inputs(torch.float32))
+    with torch.inference_mode():
+        outputs = [dit(latents, t, text) for _ in range(3)]
+    assert all(o.device.type == "meta" and o.shape == latents.shape[1:] for o in outputs)
+    if evictable:
+        offloaded.release()
+    offloaded.close()
+    assert_ordered(streams.log)

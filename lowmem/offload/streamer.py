@@ -51,6 +51,9 @@ def pinned_bytes(block_bytes: Iterable[int], storage: str, slots: int) -> int:
 
 
 class BlockStreamer:
+    """Streams the blocks not in `resident`; the resident ones are the caller's to place (see
+    `OffloadedDiT`, which keeps them with the DiT's other device modules)."""
+
     def __init__(
         self,
         blocks: nn.ModuleList,
@@ -74,8 +77,6 @@ class BlockStreamer:
         self.position = {i: p for p, i in enumerate(self.streamed)}
         self.bytes_streamed = 0
         self.copies = 0
-        for i in self.resident:
-            blocks[i].to(self.device)
         self.layouts = {i: BlockLayout(blocks[i]) for i in self.streamed}
         pin = self.streams.pin and storage != "pageable"
         if storage == "disk":
