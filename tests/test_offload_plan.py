@@ -177,3 +177,16 @@ def test_the_conditioner_is_planned_in_the_runs_quantization(full_meta):
     assert (bf16.precision, int8.precision, nf4.precision) == ("bf16", "int8", "nf4")
     assert nf4.weight_bytes < int8.weight_bytes < bf16.weight_bytes
     assert 7e9 < nf4.weight_bytes < 8e9 and 17e9 < bf16.weight_bytes < 18e9
+
+
+def test_host_placed_spotedit_caches_count_their_pinned_arena():
+    """A plan that puts SpotEdit's caches on the host names the pinned arena they live in."""
+    from lowmem.models.dit_config import FULL_DIT_CONFIG
+    from lowmem.offload.arena import arena_bytes
+
+    plan = plan_for(FULL_DIT_CONFIG, "24GB", 1024, quantization="bf16", spotedit=True, device="cuda")
+    assert plan.spotedit.cache_placement == "host"
+    per_block = plan.spotedit.cache_bytes // plan.dit.num_blocks
+    assert plan.spotedit.pinned_host_bytes == arena_bytes([per_block] * plan.dit.num_blocks) > 0
+    assert "pinned arena" in plan.format_table()
+    assert Plan.from_json(plan.to_json()).spotedit == plan.spotedit

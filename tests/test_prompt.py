@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from lowmem.models.conditioner import QwenVLConditioner, _load_processor
-from lowmem.models.prompt import MAX_TEXT_TOKENS, build_prompt, dropped_prefix_length, user_turn
+from lowmem.models.prompt import MAX_TEXT_TOKENS, RELEASED_DROPPED_PREFIX, build_prompt, dropped_prefix_length, user_turn
 from lowmem.models.tiny_qwen3vl import write_tiny_qwen3vl
 
 INSTRUCTION = "Rotate the dog to show the front left side view."
@@ -87,7 +87,7 @@ def test_token_ids_equal_the_official_ones(conditioner: QwenVLConditioner):
 
 def test_the_dropped_prefix_is_the_official_34_and_kept_states_start_at_user(conditioner: QwenVLConditioner):
     tok = conditioner.processor.tokenizer
-    assert dropped_prefix_length(tok) == conditioner.drop_count == OFFICIAL_DROP
+    assert dropped_prefix_length(tok) == conditioner.drop_count == OFFICIAL_DROP == RELEASED_DROPPED_PREFIX
     image = Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8))
     ids = conditioner.tokenize(build_prompt(INSTRUCTION, 1), [image])["input_ids"][0].tolist()
     kept = tok.convert_ids_to_tokens(ids[conditioner.drop_count:])

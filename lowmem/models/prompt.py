@@ -15,6 +15,9 @@ SYSTEM_PROMPT: str = (
     " \\nDescribe the image by detailing the color, shape, size, texture, quantity, text, "
     "spatial relationships of the objects and background:"
 )
+# What `dropped_prefix_length` gives with the released Qwen3-VL tokenizer (the official
+# `prompt_template_encode_start_idx`); the planner sizes the conditioner's input with it.
+RELEASED_DROPPED_PREFIX: int = 34
 TURN_START: str = "<|im_start|>"
 TURN_END: str = "<|im_end|>\n"
 SYSTEM_TURN: str = f"{TURN_START}system\n{SYSTEM_PROMPT}{TURN_END}"

@@ -80,6 +80,15 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     return sd
 
 
+
+def tile_stride(tile: int, overlap: float = 0.25) -> int:
+    """Pixels between tile origins for a tiled decode with `tile`-pixel tiles sharing `overlap` of
+    their edge with each neighbour (the planner sizes tiled decodes with the same rule)."""
+    if not 0 <= overlap < 1:
+        raise ValueError(f"VAE tile overlap must be in [0, 1), got {overlap}")
+    # Stride must stay a multiple of 8 (diffusers divides it by the compression ratio).
+    return max(_SPATIAL, (tile - round(tile * overlap)) // _SPATIAL * _SPATIAL)
+
 class WanVAE:
     """SpatialEdit's Wan2.1 VAE: normalised single-frame encode / decode around ``AutoencoderKLWan``."""
 
@@ -209,10 +218,7 @@ class WanVAE:
                 size = 256 if tile is None else int(tile)
                 if size % _SPATIAL or size < 2 * _SPATIAL:
                     raise ValueError(f"VAE tile size must be a multiple of {_SPATIAL} and >= 16, got {size}")
-                if not 0 <= overlap < 1:
-                    raise ValueError(f"VAE tile overlap must be in [0, 1), got {overlap}")
-                # Stride must stay a multiple of 8 (diffusers divides it by the compression ratio).
-                stride = max(_SPATIAL, (size - round(size * overlap)) // _SPATIAL * _SPATIAL)
+                stride = tile_stride(size, overlap)
                 m.enable_tiling(size, size, stride, stride)
             else:
                 m.use_tiling = False

@@ -214,15 +214,12 @@ def vae_decode(config_key: tuple, resolution: int) -> int:
     return trace_peak(lambda: vae.decode(latents))
 
 
-def tile_stride(tile: int) -> int:
-    """Tile stride in pixels as `WanVAE.decode` sets it (a quarter overlap, a multiple of 8)."""
-    return max(VAE_SCALE, (tile * 3 // 4) // VAE_SCALE * VAE_SCALE)
-
-
 def vae_decode_tiled(config_key: tuple, resolution: int, tile: int) -> int:
     """Peak bytes of a tiled decode: the traced decode of one full tile while every decoded tile
     is held (diffusers decodes all tiles, then blends them), or the blend holding those tiles and
     three images (the blended rows, their concatenation, the clamp)."""
+    from lowmem.models.vae import tile_stride
+
     if tile >= resolution:
         return vae_decode(config_key, resolution)
     side, tile_lat, stride_lat = resolution // VAE_SCALE, tile // VAE_SCALE, tile_stride(tile) // VAE_SCALE

@@ -58,6 +58,7 @@ class SpotEditPlan:
     enabled: bool = False
     cache_placement: str = "none"  # device | host (streamed with its block) | none
     cache_bytes: int = 0  # all blocks together
+    pinned_host_bytes: int = 0  # the host arena the caches live in when placed on the host
 
 
 @dataclass
@@ -173,7 +174,10 @@ class Plan:
         if d.resident_blocks and self.streams:
             lines.append(f"resident blocks: {_ranges(d.resident_blocks)}")
         if self.spotedit.enabled:
-            lines.append(f"spotedit K/V caches: {format_bytes(self.spotedit.cache_bytes)} on {self.spotedit.cache_placement}")
+            where = self.spotedit.cache_placement
+            if where == "host":
+                where += f" ({format_bytes(self.spotedit.pinned_host_bytes)} pinned arena, through device slots)"
+            lines.append(f"spotedit K/V caches: {format_bytes(self.spotedit.cache_bytes)} on {where}")
         guidance = "CFG batch 2" if self.batch == 2 else f"batch {self.batch} (no guidance)"
         lines.append(f"tokens per forward: 2 x {self.image_tokens} image + {self.text_tokens} text, {guidance}")
         phases = list(self.estimate.phases)

@@ -23,10 +23,11 @@ from torch import nn
 
 from lowmem.guidance import guidance_batch
 from lowmem.models.dit_config import FULL_DIT_CONFIG, DiTConfig
-from lowmem.models.prompt import MAX_TEXT_TOKENS
+from lowmem.models.prompt import MAX_TEXT_TOKENS, RELEASED_DROPPED_PREFIX
 from lowmem.offload import phase_peaks as peaks
 from lowmem.offload.arena import arena_bytes
 from lowmem.offload.budget import BudgetError, format_bytes, parse_bytes
+from lowmem.offload.conditioner_placement import VLM_SLOTS
 from lowmem.offload.plan import ComponentPlan, DiTPlan, MemoryEstimate, Plan, SpotEditPlan, VAEPlan
 from lowmem.offload.presets import PRECISIONS, Preset, load_preset
 from lowmem.offload.reserve import allocator_slack, fixed_reserve
@@ -41,9 +42,7 @@ DEFAULT_GUIDANCE = 5.0  # the pipeline's default: CFG, a batch of two
 # tokens) and the closing "<|im_end|>\n<|im_start|>assistant\n".
 INSTRUCTION_TOKENS = 64
 TEMPLATE_TOKENS = 2 + 5
-DROPPED_PREFIX_TOKENS = 34  # the system turn the conditioner reads and the DiT never sees (official)
 SPOT_ACTIVE_FRACTION = 0.3  # the expected share of target tokens a SpotEdit step recomputes
-VLM_STREAM_SLOTS = 3  # conditioner_placement.VLM_SLOTS
 
 ModelOrConfig = Union[nn.Module, DiTConfig]
 
@@ -198,7 +197,7 @@ class _Sizes:
             self.vlm_layers = vlm_config.text_config.num_hidden_layers
             self.vlm_weights = a.vlm_bytes if a.vlm_bytes is not None else total
             self.vlm_layer = layer
-            prompt = text + DROPPED_PREFIX_TOKENS
+            prompt = text + RELEASED_DROPPED_PREFIX
             self.traced["encode prompt"] = {"conditioner forward": peaks.conditioner(config_json, res, prompt, text)}
         elif self.vlm_weights:
             self.vlm_layer = self.vlm_weights // 36
@@ -330,7 +329,7 @@ def _solve(a: _Args) -> Plan:
             vlm_placement = "streamed"
             # Everything but the decoder layers on the device, the layers through a ring of slots.
             outside = vlm_bytes - sizes.vlm_layers * sizes.vlm_layer
-            encode["vlm weights"] = outside + VLM_STREAM_SLOTS * sizes.vlm_layer
+            encode["vlm weights"] = outside + VLM_SLOTS * sizes.vlm_layer
             notes.append("the conditioner does not fit whole: it is streamed layer by layer, then evicted")
         phases["encode prompt"] = encode
     phases["encode image"] = {"runtime reserve": reserve, **resident_vlm, **dit_during_encode, "vae weights": vae_weights,
@@ -354,7 +353,8 @@ def _solve(a: _Args) -> Plan:
         vlm=ComponentPlan(precision=sizes.vlm_precision, placement=vlm_placement, weight_bytes=vlm_bytes),
         dit=dit,
         vae=VAEPlan(precision="fp32", placement="resident", weight_bytes=vae_weights, tiled=tiled, tile=tile if tiled else None),
-        spotedit=SpotEditPlan(enabled=a.spotedit, cache_placement=cache_placement, cache_bytes=sizes.cache_per_block * n),
+        spotedit=SpotEditPlan(enabled=a.spotedit, cache_placement=cache_placement, cache_bytes=sizes.cache_per_block * n,
+                              pinned_host_bytes=arena_bytes([sizes.cache_per_block] * n) if cache_placement == "host" else 0),
         estimate=MemoryEstimate(phases=phases, traced=traced), preset=a.preset, notes=notes,
     )
 
