@@ -1,0 +1,79 @@
+"""What every engine does with one job: load the pipeline once per worker, run an edit, time it.
+
+The engines (in-process, Ray) differ only in where `execute` runs; the image comes back to the
+driver, which writes it atomically and records it, so every engine fills the same report."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from PIL import Image
+
+from lowmem.batch.jobs import Job
+from lowmem.errors import LowmemError
+from lowmem.pipeline import SpatialEditPipeline, default_device
+from lowmem.spotedit import SpotConfig
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """What is fixed for the whole batch: the model, how it is loaded and planned."""
+
+    model: Path
+    device: Optional[str] = None
+    budget: Optional[str] = None
+    preset: Optional[str] = None
+    quantization: Optional[str] = None
+    resolution: int = 1024
+    spot: bool = False
+    guidance: float = 5.0  # the largest guidance of the jobs: planned for the CFG batch when any job needs it
+
+    def fingerprint_context(self) -> dict:
+        """The settings that change an output image (the budget and preset only move weights)."""
+        return {"model": str(self.model.resolve()), "quantization": self.quantization, "resolution": self.resolution,
+                "spot": self.spot, "device": self.device or default_device().type}
+
+
+@dataclass
+class JobOutcome:
+    image: Optional[Image.Image]
+    seconds: float
+    error: Optional[str] = None
+    phases: Optional[dict] = None
+    worker: str = ""
+
+
+def load_pipeline(settings: BatchSettings) -> SpatialEditPipeline:
+    """The pipeline of one worker; on a GPU under `--budget auto` unless a budget or preset is given."""
+    device = torch.device(settings.device) if settings.device else default_device()
+    budget = settings.budget
+    if budget is None and settings.preset is None and device.type == "cuda":
+        budget = "auto"
+    return SpatialEditPipeline.from_folder(settings.model, device=device, memory_budget=budget, preset=settings.preset,
+                                           resolution=settings.resolution, quantization=settings.quantization,
+                                           spot=settings.spot, guidance=settings.guidance)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def execute(pipe: SpatialEditPipeline, job: Job, settings: BatchSettings) -> JobOutcome:
+    """Run one job; a job that fails (bad image, a plan it does not fit, ...) returns its error instead."""
+    start = time.perf_counter()
+    spot = SpotConfig(threshold=job.spot_threshold, dilation=job.spot_dilation) if settings.spot else None
+    try:
+        result = pipe.edit(job.image, job.instruction, steps=job.steps, guidance=job.guidance, seed=job.seed,
+                           resolution=settings.resolution, progress=False, spot=spot)
+    except LowmemError as exc:
+        return JobOutcome(None, time.perf_counter() - start, str(exc), worker=worker_name())
+    except Exception as exc:  # noqa: BLE001 - one broken job (out of memory, a bug) must not stop thousands of others
+        return JobOutcome(None, time.perf_counter() - start, f"{type(exc).__name__}: {exc}", worker=worker_name())
+    phases = {name: round(seconds, 3) for name, seconds in result.report.phase_seconds.items()}
+    return JobOutcome(result.image, time.perf_counter() - start, phases=phases, worker=worker_name())

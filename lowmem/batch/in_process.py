@@ -1,0 +1,17 @@
+"""The default engine: one pipeline in this process, the jobs in sequence."""
+
+from __future__ import annotations
+
+from lowmem.batch.driver import BatchDriver
+from lowmem.batch.execute import BatchSettings, execute, load_pipeline
+
+
+def run_in_process(driver: BatchDriver, settings: BatchSettings) -> None:
+    if not driver.pending:
+        return
+    pipe = load_pipeline(settings)
+    if pipe.offload is not None:
+        print(f"plan: {pipe.offload.plan.summary()}")
+    with driver:
+        for job in driver.pending:
+            driver.finish(job, execute(pipe, job, settings))
