@@ -18,10 +18,11 @@ def main() -> None:
     budget = args.budget or (tiny_model_budget(default_device()) if args.model is None else "24GB")
     model, image = model_and_image(args)
     # One budget drives everything: the planner keeps what fits on the device and streams the rest.
-    pipe = lowmem.load(model, memory_budget=budget, quantization="nf4", resolution=args.resolution, spot=True)
-    print(pipe.offload.plan.format_table())
-    result = pipe.edit(image, instructions.rotate("object", "rear"), steps=args.steps, resolution=args.resolution,
-                       seed=0, spot=SpotConfig(threshold="auto"))
+    # `with` gives the slots, pinned memory and streamed blocks' files back as soon as the edits are done.
+    with lowmem.load(model, memory_budget=budget, quantization="nf4", resolution=args.resolution, spot=True) as pipe:
+        print(pipe.offload.plan.format_table())
+        result = pipe.edit(image, instructions.rotate("object", "rear"), steps=args.steps, resolution=args.resolution,
+                           seed=0, spot=SpotConfig(threshold="auto"))
     result.image.save(args.out)
     print(f"{result.report.format()}\nsaved {args.out}")
 

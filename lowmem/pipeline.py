@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from lowmem.errors import LowmemError
 from lowmem.guidance import guidance_batch, step_velocity
 from lowmem.images import fit_bucket, load_image, to_model_tensor, to_pil
 from lowmem.instructions import EditInstruction
@@ -62,6 +63,21 @@ class SpatialEditPipeline:
         self.device = device
         self.dtype = dtype
         self.offload = None  # lowmem.offload.OffloadRuntime when loaded with a memory budget
+        self.closed = False
+
+    def close(self) -> None:
+        """Give back what a budgeted pipeline holds besides its weights (device slots, pinned host
+        memory, the streamed blocks' disk files). The pipeline cannot edit afterwards."""
+        if self.offload is not None:
+            self.offload.close()
+            self.offload = None
+        self.closed = True
+
+    def __enter__(self) -> "SpatialEditPipeline":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     @classmethod
     def from_folder(
@@ -120,6 +136,8 @@ class SpatialEditPipeline:
         spot: Optional[SpotConfig] = None,
     ) -> EditResult:
         """Edit `image` as `instruction` says; the same seed gives the same image."""
+        if self.closed:
+            raise LowmemError("this pipeline was closed; load the model again to edit")
         if self.offload is not None and resolution > self.offload.plan.resolution:
             from lowmem.offload import BudgetError
 

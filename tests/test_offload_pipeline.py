@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -114,3 +116,37 @@ def test_spotedit_caches_are_counted_in_the_ledger_while_denoising(tiny_model, s
     assert ("spotedit caches (estimate)", caches) in placed
     assert ledger.peak <= pipe.offload.plan.budget
     assert "spotedit caches (estimate)" not in pipe.offload.ledger.items  # released after denoising
+
+
+def test_closing_a_budgeted_pipeline_gives_back_its_block_files(tiny_model, scene):
+    """On the CPU streamed blocks wait in private files: closing (or leaving `with`) removes them,
+    and a closed pipeline refuses to edit instead of running parked blocks."""
+    from lowmem.errors import LowmemError
+
+    with lowmem.load(tiny_model, memory_budget="300MB", device="cpu", resolution=64, max_resident_blocks=1) as pipe:
+        store = pipe.offload.dit.streamer.store
+        assert store.tier == "disk" and any(store.folder.iterdir())
+        pipe.edit(scene, "rotate the object", steps=1, seed=0, resolution=64, progress=False)
+    assert not store.folder.exists()
+    with pytest.raises(LowmemError, match="closed"):
+        pipe.edit(scene, "rotate the object", steps=1, seed=0, resolution=64, progress=False)
+
+
+def test_block_files_go_when_the_process_ends_without_close(tmp_path):
+    """A script that never closes its pipeline (or its store) still leaves no block files behind."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from torch import nn\n"
+        "from lowmem.offload.packing import BlockLayout\n"
+        "from lowmem.offload.store import DiskStore\n"
+        "store = DiskStore()\n"
+        "store.put(0, BlockLayout(nn.Linear(4, 4)))\n"
+        "print(store.folder)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    folder = Path(done.stdout.strip())
+    assert folder.name.startswith("lowmem-blocks-") and not folder.exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Optional
 
@@ -46,10 +47,12 @@ class DiskStore:
     tier = "disk"
 
     def __init__(self, folder: Optional[str | Path] = None):
-        self._owned = folder is None
         self.folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="lowmem-blocks-"))
         self.folder.mkdir(parents=True, exist_ok=True)
         self.sizes: dict[int, int] = {}
+        # A private folder holds a copy of every streamed block (GBs for the real model): it goes when
+        # the store is closed, collected, or the interpreter exits, whichever comes first.
+        self._remove = weakref.finalize(self, shutil.rmtree, self.folder, True) if folder is None else None
 
     def path(self, index: int) -> Path:
         return self.folder / f"block-{index:04d}.bin"
@@ -82,5 +85,5 @@ class DiskStore:
             os.close(fd)
 
     def close(self) -> None:
-        if self._owned:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        if self._remove is not None:
+            self._remove()
