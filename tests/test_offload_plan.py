@@ -190,3 +190,23 @@ def test_host_placed_spotedit_caches_count_their_pinned_arena():
     assert plan.spotedit.pinned_host_bytes == arena_bytes([per_block] * plan.dit.num_blocks) > 0
     assert "pinned arena" in plan.format_table()
     assert Plan.from_json(plan.to_json()).spotedit == plan.spotedit
+
+
+def test_pinned_host_ram_counts_every_pinned_copy():
+    """On a GPU the plan names every page-locked host byte: the streamed blocks' arena, the host copies
+    of parts evicted between uses (DiT device part, conditioner) and host-placed SpotEdit caches; it
+    warns when they exceed the host RAM it was given. Nothing is pinned when computing on the CPU."""
+    from lowmem.models.dit_config import FULL_DIT_CONFIG
+    from lowmem.offload.arena import arena_bytes
+
+    plan = plan_for(FULL_DIT_CONFIG, "24GB", 1024, quantization="bf16", spotedit=True, device="cuda")
+    pinned = plan.pinned_host
+    assert set(pinned) == {"dit streamed blocks", "dit device part copy", "vlm copy", "spotedit caches"}
+    d = plan.dit
+    assert pinned["dit streamed blocks"] == arena_bytes([d.block_bytes] * len(d.streamed_blocks))
+    assert pinned["dit device part copy"] == arena_bytes([d.other_bytes] + [d.block_bytes] * len(d.resident_blocks))
+    assert pinned["vlm copy"] == arena_bytes([plan.vlm.weight_bytes])
+    assert "pinned host RAM" in plan.format_table()
+    small_host = plan_for(FULL_DIT_CONFIG, "24GB", 1024, quantization="bf16", spotedit=True, device="cuda", host_ram="48GB")
+    assert any("pins" in note and "host RAM" in note for note in small_host.notes)
+    assert plan_for(FULL_DIT_CONFIG, "24GB", 1024, quantization="bf16", device="cpu").pinned_host == {}

@@ -24,6 +24,7 @@ class ComponentPlan:
     precision: str
     placement: str
     weight_bytes: int
+    host_copy_bytes: int = 0  # pinned host copy of the device part, kept while the part is evicted between uses
 
 
 @dataclass
@@ -136,6 +137,14 @@ class Plan:
         return cls.from_dict(json.loads(text))
 
     # -- for people ------------------------------------------------------------------------
+    @property
+    def pinned_host(self) -> dict[str, int]:
+        """Page-locked host RAM the run takes, by what it holds (empty when computing on the CPU)."""
+        items = {"dit streamed blocks" if self.dit.storage == "pinned" else "dit disk staging": self.dit.pinned_host_bytes,
+                 "dit device part copy": self.dit.host_copy_bytes, "vlm copy": self.vlm.host_copy_bytes,
+                 "spotedit caches": self.spotedit.pinned_host_bytes}
+        return {k: v for k, v in items.items() if v}
+
     def summary(self) -> str:
         d = self.dit
         stream = (
@@ -178,6 +187,9 @@ class Plan:
             if where == "host":
                 where += f" ({format_bytes(self.spotedit.pinned_host_bytes)} pinned arena, through device slots)"
             lines.append(f"spotedit K/V caches: {format_bytes(self.spotedit.cache_bytes)} on {where}")
+        if self.pinned_host:
+            parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in self.pinned_host.items())
+            lines.append(f"pinned host RAM: {format_bytes(sum(self.pinned_host.values()))} ({parts})")
         guidance = "CFG batch 2" if self.batch == 2 else f"batch {self.batch} (no guidance)"
         lines.append(f"tokens per forward: 2 x {self.image_tokens} image + {self.text_tokens} text, {guidance}")
         phases = list(self.estimate.phases)

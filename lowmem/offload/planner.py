@@ -28,6 +28,7 @@ from lowmem.offload import phase_peaks as peaks
 from lowmem.offload.arena import arena_bytes
 from lowmem.offload.budget import BudgetError, format_bytes, parse_bytes
 from lowmem.offload.conditioner_placement import VLM_SLOTS
+from lowmem.offload.streamer import pinned_bytes
 from lowmem.offload.plan import ComponentPlan, DiTPlan, MemoryEstimate, Plan, SpotEditPlan, VAEPlan
 from lowmem.offload.presets import PRECISIONS, Preset, load_preset
 from lowmem.offload.reserve import allocator_slack, fixed_reserve
@@ -280,7 +281,7 @@ def _solve(a: _Args) -> Plan:
                 storage = "disk"
             else:
                 storage = "pinned"
-    pinned = arena_bytes(streamed) if storage == "pinned" else 0
+    pinned = pinned_bytes(streamed, storage, slots) if cuda else 0
     notes = []
     if storage == "disk" and cuda:
         notes.append("streamed blocks exceed half the host RAM: they are read from per-block files on disk")
@@ -342,19 +343,29 @@ def _solve(a: _Args) -> Plan:
         phases["denoise"]["dit slots"] = max(slot_bytes, block)  # cannot hold even one slot
     phases = {name: {k: v for k, v in items.items() if v} for name, items in phases.items()}
     traced = {name: sizes.traced[name] for name in phases if sizes.traced.get(name)}
+    # A part evicted between uses keeps one pinned host copy (lowmem.offload.device_part), so placing it
+    # again is one asynchronous copy up and evicting it copies nothing back.
+    dit_copy = arena_bytes([other] + [blocks[i] for i in resident]) if cuda and not vlm_resident else 0
+    vlm_copy = arena_bytes([vlm_bytes]) if cuda and vlm_bytes and not vlm_resident else 0
+    spot_arena = arena_bytes([sizes.cache_per_block] * n) if cache_placement == "host" else 0
+    pinned_total = pinned + dit_copy + vlm_copy + spot_arena
+    if a.host_ram is not None and pinned_total > a.host_ram:
+        notes.append(f"this plan pins {format_bytes(pinned_total)} of host RAM, more than the {format_bytes(a.host_ram)} "
+                     "given: use a quantized model or a bigger budget, or --host-ram with what this machine has")
     dit = DiTPlan(
         precision=sizes.precision, placement="resident" if not slots else "streamed", weight_bytes=sum(blocks) + other,
-        num_blocks=n, block_bytes=block, other_bytes=other, resident_blocks=resident, prefetch_depth=depth,
-        slots=slots, storage=storage, pinned_host_bytes=pinned,
+        host_copy_bytes=dit_copy, num_blocks=n, block_bytes=block, other_bytes=other, resident_blocks=resident,
+        prefetch_depth=depth, slots=slots, storage=storage, pinned_host_bytes=pinned,
     )
     return Plan(
         device=a.device, budget=a.budget, resolution=a.resolution, image_tokens=sizes.image_tokens,
         text_tokens=sizes.text_tokens, batch=a.batch,
-        vlm=ComponentPlan(precision=sizes.vlm_precision, placement=vlm_placement, weight_bytes=vlm_bytes),
+        vlm=ComponentPlan(precision=sizes.vlm_precision, placement=vlm_placement, weight_bytes=vlm_bytes,
+                          host_copy_bytes=vlm_copy),
         dit=dit,
         vae=VAEPlan(precision="fp32", placement="resident", weight_bytes=vae_weights, tiled=tiled, tile=tile if tiled else None),
         spotedit=SpotEditPlan(enabled=a.spotedit, cache_placement=cache_placement, cache_bytes=sizes.cache_per_block * n,
-                              pinned_host_bytes=arena_bytes([sizes.cache_per_block] * n) if cache_placement == "host" else 0),
+                              pinned_host_bytes=spot_arena),
         estimate=MemoryEstimate(phases=phases, traced=traced), preset=a.preset, notes=notes,
     )
 
