@@ -2,49 +2,77 @@
 
 Bad input of any kind ends as one `error: ...` line on stderr and exit status 2; nothing on disk
 is left half-written (every writer saves to a temporary name and renames).
+
+Startup stays light: torch, transformers, diffusers and bitsandbytes are imported by a command's
+`run` when it needs them, and only the chosen subcommand's arguments are built, so `lowmem --help`
+and `lowmem --version` answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from importlib import metadata
 from typing import Optional, Sequence
 
-import torch
-
-from lowmem.commands import batch, demo, doctor, edit, import_official, plan, quantize
 from lowmem.errors import LowmemError
 
-COMMANDS = {
-    "edit": edit, "batch": batch, "demo": demo, "plan": plan, "quantize": quantize, "doctor": doctor, "import": import_official,
+COMMANDS = {  # name -> module in lowmem.commands
+    "edit": "edit", "batch": "batch", "demo": "demo", "plan": "plan", "quantize": "quantize", "doctor": "doctor", "import": "import_official",
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lowmem", description="SpatialEdit-16B geometric image editing on limited memory")
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as one `error:` line (the usage is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def command_module(name: str):
+    return importlib.import_module(f"lowmem.commands.{COMMANDS[name]}")
+
+
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser; the subcommands' own arguments are added for `command` only (all when None)."""
+    parser = OneLineParser(prog="lowmem", description="SpatialEdit-16B geometric image editing on limited memory")
     parser.add_argument("--version", action="version", version=f"lowmem {metadata.version('lowmem')}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, module in COMMANDS.items():
-        module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP))
+    for name in COMMANDS:
+        module = command_module(name)
+        subparser = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        if command in (None, name):
+            module.add_arguments(subparser)
     return parser
 
 
+def chosen_command(argv: Sequence[str]) -> Optional[str]:
+    """The subcommand named in `argv`: the top level takes no option with a value, so it is the
+    first word that is not an option."""
+    first = next((word for word in argv if not word.startswith("-")), None)
+    return first if first in COMMANDS else ""
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(chosen_command(argv)).parse_args(argv)
     try:
-        return COMMANDS[args.command].run(args) or 0
+        return command_module(args.command).run(args) or 0
     except LowmemError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except torch.OutOfMemoryError as exc:
-        # The plan's estimate was short for this card or this input: say what to change, not a traceback.
-        print(f"error: out of device memory ({str(exc).splitlines()[0]}); give a smaller --budget so more streams, "
-              "a lower --resolution, or --quantization nf4", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; nothing half-written was left behind", file=sys.stderr)
         return 130
+    except Exception as exc:
+        torch = sys.modules.get("torch")
+        if torch is None or not isinstance(exc, torch.OutOfMemoryError):
+            raise
+        # The plan's estimate was short for this card or this input: say what to change, not a traceback.
+        print(f"error: out of device memory ({str(exc).splitlines()[0]}); give a smaller --budget so more streams, "
+              "a lower --resolution, or --quantization nf4", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -31,3 +31,7 @@ class OutputPathError(LowmemError, OSError):
 
 class ManifestVersionError(LowmemError, ValueError):
     """A quantized folder whose manifest.json was written by an unknown (newer or older) format version."""
+
+
+class ArgumentError(LowmemError, ValueError):
+    """An argument out of its range, not finite, or of the wrong type (checked before any model is read)."""

@@ -7,17 +7,61 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from lowmem.errors import OutputPathError
 
 
-def check_output_path(path: Path, overwrite: bool = False) -> None:
-    """Raise OutputPathError when `path` cannot be written: its folder is missing, or it exists."""
-    if not path.parent.is_dir():
-        raise OutputPathError(f"output folder {path.parent} does not exist; create it first")
+def check_output_path(path: Path, overwrite: bool = False, flag: str = "--overwrite") -> None:
+    """Raise OutputPathError when the file `path` cannot be written: its folder is missing or not
+    writable, its name is too long, it is a folder, or it exists and `overwrite` is off (`flag` is
+    what the user passes to allow replacing it)."""
+    path = Path(path)
+    check_writable_folder(path.parent)
+    if len(os.fsencode(path.name)) > _name_max(path.parent):
+        raise OutputPathError(f"the file name {path.name[:40]}... is longer than this file system allows; choose a shorter one")
+    if path.is_dir():
+        raise OutputPathError(f"{path} is a folder; give a file name for the output")
     if path.exists() and not overwrite:
-        raise OutputPathError(f"{path} already exists; pass --overwrite to replace it")
+        raise OutputPathError(f"{path} already exists; pass {flag} to replace it" if flag else
+                              f"{path} already exists; choose a new file name")
+
+
+def check_writable_folder(folder: Path) -> None:
+    """Raise OutputPathError unless `folder` is an existing folder this process may write into."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist; create it first"
+        raise OutputPathError(f"output folder {folder} {what}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputPathError(f"output folder {folder} is not writable; choose another place")
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` name one file (after resolving links and `..`, or as hard links)."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_distinct(**paths: Optional[Path]) -> None:
+    """Raise OutputPathError when two of the named paths (flag name -> path) are one file."""
+    given = [(name, Path(p)) for name, p in paths.items() if p is not None]
+    for i, (name_a, a) in enumerate(given):
+        for name_b, b in given[i + 1:]:
+            if same_file(a, b):
+                raise OutputPathError(f"{name_a} and {name_b} are the same file ({a}); give each its own path")
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
@@ -51,3 +95,33 @@ def staged_folder(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+@contextmanager
+def exclusive_lock(lock_file: Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` (created, and removed on exit) for the block; raise
+    OutputPathError(`busy`) at once when another process holds it. The lock dies with its process,
+    so a killed run never leaves a stale lock behind."""
+    import fcntl
+
+    lock_file = Path(lock_file)
+    while True:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputPathError(busy) from None
+        try:  # the previous holder may have removed the file after we opened it: lock the one there now
+            if os.fstat(fd).st_ino == os.stat(lock_file).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        lock_file.unlink(missing_ok=True)
+        os.close(fd)

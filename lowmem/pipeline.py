@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from lowmem import validation
 from lowmem.errors import LowmemError
 from lowmem.guidance import guidance_batch, step_velocity
 from lowmem.images import fit_bucket, load_image, to_model_tensor, to_pil
@@ -103,6 +104,11 @@ class SpatialEditPipeline:
         rest streams; planned for edits at `guidance` (at 1 or less the DiT runs one row per forward, not the
         CFG batch of two). Without either, everything is loaded resident.
         """
+        validation.resolution(resolution)
+        if memory_budget is not None and memory_budget != "auto":
+            from lowmem.offload import parse_bytes
+
+            parse_bytes(memory_budget)  # 0, "" or False are refused, not taken as "no budget"
         folder = open_model_folder(model)
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
@@ -110,7 +116,7 @@ class SpatialEditPipeline:
             from lowmem.machine import available_memory
 
             memory_budget = available_memory(device)
-        if memory_budget or preset:
+        if memory_budget is not None or preset is not None:
             from lowmem.offload.planned_load import load_under_plan
 
             dit, vae, conditioner, runtime = load_under_plan(folder, device, dtype, quantization, memory_budget, preset,
@@ -138,6 +144,7 @@ class SpatialEditPipeline:
         """Edit `image` as `instruction` says; the same seed gives the same image."""
         if self.closed:
             raise LowmemError("this pipeline was closed; load the model again to edit")
+        validation.check_edit_arguments(steps, guidance, seed, resolution)
         if self.offload is not None and resolution > self.offload.plan.resolution:
             from lowmem.offload import BudgetError
 

@@ -10,26 +10,24 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from lowmem.commands.edit_args import add_edit_arguments, instruction_from_args, spot_from_args
-from lowmem.images import load_image, save_image_atomic
-from lowmem.models.dit_loading import read_dit_config
-from lowmem.models.layout import open_model_folder
-from lowmem.paths import write_text_atomic
-from lowmem.pipeline import SpatialEditPipeline, default_device
-from lowmem.testing import tiny_model_budget, write_tiny_model
+from lowmem.errors import OutputPathError
+from lowmem.paths import check_output_path, same_file
 
 HELP = "quantize, plan and run a geometric edit end to end (on the embedded tiny model when no --model is given)"
 TINY_RESOLUTION = 64
 EDIT_FLAGS = ("instruction", "move_box", "scale", "camera_yaw", "camera_pitch", "zoom")
+OUTPUT_NAMES = ("input.png", "output.png", "spot_mask.png", "side_by_side.png", "report.json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, help="model folder (default: write the tiny seeded model)")
     parser.add_argument("--image", type=Path, help="input image (default: a generated test scene)")
-    parser.add_argument("--out-dir", type=Path, default=Path("lowmem-demo"), help="where results go (default: %(default)s)")
+    parser.add_argument("--out-dir", type=Path, default=Path("lowmem-demo"),
+                        help=f"where results go: {', '.join(OUTPUT_NAMES)} (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace those files when --out-dir already has them")
     parser.add_argument("--quantization", choices=("nf4", "int8", "none"), default="nf4", help="quantize first (default: %(default)s)")
     parser.add_argument("--budget", help="memory budget to plan for (default: 256MB on the CPU, 2GB on a GPU: the tiny model's)")
     add_edit_arguments(parser)
@@ -42,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def test_scene(size: int = TINY_RESOLUTION) -> Image.Image:
     """A plain background with one coloured object, so the edit region is easy to see."""
+    import numpy as np
+
     canvas = np.full((size, size, 3), (200, 210, 225), dtype=np.uint8)
     lo, hi = size // 3, 2 * size // 3
     canvas[lo:hi, lo:hi] = (180, 60, 40)
@@ -60,7 +60,28 @@ def side_by_side(*images: Image.Image) -> Image.Image:
     return row
 
 
+def check_out_dir(args: argparse.Namespace) -> None:
+    """Before any work: the demo's files may be written into --out-dir, and none of them is the input
+    image or (without --overwrite) a file already there."""
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        raise OutputPathError(f"--out-dir {args.out_dir} is a file; give a folder")
+    for name in OUTPUT_NAMES:
+        target = args.out_dir / name
+        if args.image is not None and same_file(args.image, target):
+            raise OutputPathError(f"--image {args.image} would be replaced by the demo's {name}; choose another --out-dir")
+        if args.out_dir.is_dir():  # a missing --out-dir is created, with its parents
+            check_output_path(target, args.overwrite)
+
+
 def run(args: argparse.Namespace) -> int:
+    from lowmem.images import load_image, save_image_atomic
+    from lowmem.models.dit_loading import read_dit_config
+    from lowmem.models.layout import open_model_folder
+    from lowmem.paths import write_text_atomic
+    from lowmem.pipeline import SpatialEditPipeline, default_device
+    from lowmem.testing import tiny_model_budget, write_tiny_model
+
+    check_out_dir(args)
     if any(getattr(args, flag) not in (None, False) for flag in EDIT_FLAGS):
         args.rotate = None  # an explicit edit flag replaces the default rotation
     instruction = instruction_from_args(args)
@@ -92,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         "side_by_side.png": side_by_side(result.input_image, result.image, mask),
     }
     for name, picture in outputs.items():
-        save_image_atomic(picture, args.out_dir / name, overwrite=True)
+        save_image_atomic(picture, args.out_dir / name, overwrite=args.overwrite)
     write_text_atomic(args.out_dir / "report.json", result.report.to_json())
     print(f"\n== report\n{result.report.format()}")
     print(f"\nsaved {', '.join(outputs)} and report.json in {args.out_dir}/ (input | output | regenerated region)")

@@ -6,23 +6,31 @@ import argparse
 import json
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
+from lowmem import validation
 from lowmem.errors import LowmemError
-from lowmem.machine import MachineInfo, inspect_machine
-from lowmem.models.dit_config import FULL_DIT_CONFIG
-from lowmem.offload import format_bytes, plan_for
 from lowmem.paths import check_output_path, write_text_atomic
+from lowmem.validation import cli_type
+
+if TYPE_CHECKING:
+    from lowmem.machine import MachineInfo
 
 HELP = "show this machine (GPU, memory, disk, libraries) and which plan for SpatialEdit-16B fits here"
 PRECISIONS = ("bf16", "int8", "nf4")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--resolution", type=int, default=1024, help="resolution to plan for (default: %(default)s)")
+    parser.add_argument("--resolution", type=cli_type(validation.resolution, "resolution"), default=1024, help="resolution to plan for (default: %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the findings as JSON here")
+    parser.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
 
 
 def fitting_plans(machine: MachineInfo, resolution: int) -> list[dict]:
     """One row per precision: the plan the planner makes for this machine's memory, or why none fits."""
+    from lowmem.models.dit_config import FULL_DIT_CONFIG
+    from lowmem.offload import plan_for
+
     device = "cuda" if machine.has_gpu else "cpu"
     budget = machine.gpu_total_bytes if machine.has_gpu else machine.host_available_bytes
     rows = []
@@ -48,8 +56,11 @@ def recommendation(rows: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lowmem.machine import inspect_machine
+    from lowmem.offload import format_bytes
+
     if args.json:
-        check_output_path(args.json, overwrite=True)
+        check_output_path(args.json, args.overwrite)
     machine = inspect_machine()
     if machine.has_gpu:
         print(f"GPU        {machine.gpu_name}: {format_bytes(machine.gpu_total_bytes)} total, {format_bytes(machine.gpu_free_bytes)} free")

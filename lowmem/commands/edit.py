@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-import torch
-
 from lowmem.commands.edit_args import add_edit_arguments, instruction_from_args, spot_from_args
-from lowmem.images import load_image, save_image_atomic
-from lowmem.paths import check_output_path, write_text_atomic
-from lowmem.pipeline import SpatialEditPipeline, default_device
+from lowmem.errors import OutputPathError
+from lowmem.paths import check_distinct, check_output_path
 
 HELP = "edit an image with a SpatialEdit model folder (original or quantized)"
+REPORT_KEYS = {"device", "steps", "phase_seconds"}  # what marks a file as an earlier run report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="model folder (official layout or `lowmem quantize` output)")
     parser.add_argument("--image", required=True, type=Path, help="input image")
     parser.add_argument("--out", required=True, type=Path, help="output image path")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out if it exists (and --report, when that file is an earlier run report)")
     parser.add_argument("--report", type=Path, help="also write the run report as JSON here")
     parser.add_argument("--device", help="compute device (default: cuda when available, else cpu)")
     parser.add_argument("--budget", help="memory budget of the compute device, e.g. 24GB, or 'auto' for what is free now: "
@@ -30,16 +30,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_edit_arguments(parser)
 
 
-def run(args: argparse.Namespace) -> int:
-    instruction = instruction_from_args(args)
-    check_output_path(args.out, args.overwrite)  # fail before any heavy work
-    if args.report:
+def is_run_report(path: Path) -> bool:
+    """Whether `path` holds a run report an earlier `lowmem edit --report` wrote (and nothing else)."""
+    try:
+        if path.stat().st_size > 1 << 20:
+            return False
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and REPORT_KEYS <= data.keys()
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: --out and --report are writable, distinct from each other and from the input,
+    and --overwrite replaces only --out (or an earlier run report)."""
+    check_distinct(**{"--image": args.image, "--out": args.out, "--report": args.report})
+    check_output_path(args.out, args.overwrite)
+    if args.report is not None:
+        if args.report.is_file() and not is_run_report(args.report):
+            raise OutputPathError(f"--report {args.report} exists and is not a lowmem run report; "
+                                  "choose a new file name (--overwrite never replaces other files)")
         check_output_path(args.report, args.overwrite)
-    image = load_image(args.image)
-    device = torch.device(args.device) if args.device else default_device()
+
+
+def run(args: argparse.Namespace) -> int:
+    from lowmem import validation
+    from lowmem.images import load_image, save_image_atomic
+    from lowmem.paths import write_text_atomic
+    from lowmem.pipeline import SpatialEditPipeline, default_device
+
+    instruction = instruction_from_args(args)
+    check_outputs(args)  # fail before any heavy work
+    device = validation.device(args.device) if args.device else default_device()
     if args.budget is None and args.preset is None and device.type == "cuda":
         args.budget = "auto"  # on a GPU, plan for the memory that is free instead of failing with out-of-memory
-    pipe = SpatialEditPipeline.from_folder(args.model, device=args.device, memory_budget=args.budget, preset=args.preset,
+    image = load_image(args.image)
+    pipe = SpatialEditPipeline.from_folder(args.model, device=device, memory_budget=args.budget, preset=args.preset,
                                            resolution=args.resolution, quantization=args.quantization, spot=bool(args.spot),
                                            guidance=args.guidance)
     if pipe.offload is not None:

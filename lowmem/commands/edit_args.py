@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from lowmem import instructions
+from lowmem import instructions, validation
 from lowmem.errors import InstructionError
 from lowmem.instructions import EditInstruction
-from lowmem.spotedit import SpotConfig
+from lowmem.validation import cli_type
 
-
-def spot_threshold(text: str) -> float | str:
-    """argparse type of --spot-threshold: a number or 'auto'."""
-    if text == "auto":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+if TYPE_CHECKING:
+    from lowmem.spotedit import SpotConfig
 
 
 def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,23 +25,25 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--zoom", choices=("in", "out"), help="zoom the camera in or out")
     what.add_argument("--object", default="object", help="what to rotate/move/scale (default: %(default)s)")
     knobs = parser.add_argument_group("sampling")
-    knobs.add_argument("--steps", type=int, default=30, help="denoising steps (default: %(default)s)")
-    knobs.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance (default: %(default)s)")
-    knobs.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    knobs.add_argument("--resolution", type=int, default=1024, help="working resolution, about N x N pixels (default: %(default)s)")
+    knobs.add_argument("--steps", type=cli_type(validation.steps, "steps"), default=30, help="denoising steps (default: %(default)s)")
+    knobs.add_argument("--guidance", type=cli_type(validation.guidance, "guidance"), default=5.0, help="classifier-free guidance (default: %(default)s)")
+    knobs.add_argument("--seed", type=cli_type(validation.seed, "seed"), default=0, help="random seed (default: %(default)s)")
+    knobs.add_argument("--resolution", type=cli_type(validation.resolution, "resolution"), default=1024, help="working resolution, about N x N pixels (default: %(default)s)")
     spot = parser.add_argument_group("SpotEdit (recompute only the edited tokens)")
     spot.add_argument("--spot", action=argparse.BooleanOptionalAction, default=False, help="skip non-edited tokens after a few full steps (default: off)")
-    spot.add_argument("--spot-threshold", type=spot_threshold, default=0.15, metavar="TAU",
+    spot.add_argument("--spot-threshold", type=cli_type(validation.spot_threshold, "threshold"), default=0.15, metavar="TAU",
                       help="perceptual score under which a token is non-edited, or 'auto' to split each step's "
                            "scores in two clusters (default: %(default)s)")
-    spot.add_argument("--spot-dilation", type=int, default=1, metavar="R",
+    spot.add_argument("--spot-dilation", type=cli_type(validation.spot_dilation, "dilation"), default=1, metavar="R",
                       help="grow the edited region by R tokens on every side (default: %(default)s)")
 
 
-def spot_from_args(args: argparse.Namespace) -> Optional[SpotConfig]:
+def spot_from_args(args: argparse.Namespace) -> Optional["SpotConfig"]:
     """The SpotEdit settings the flags ask for, or None when --spot is off."""
     if not getattr(args, "spot", False):
         return None
+    from lowmem.spotedit import SpotConfig
+
     return SpotConfig(threshold=args.spot_threshold, dilation=args.spot_dilation)
 
 

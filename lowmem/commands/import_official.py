@@ -5,10 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lowmem.models.dit_config import DiTConfig
-from lowmem.models.official_import import import_official
-from lowmem.offload import parse_bytes
-
 HELP = "turn the official release (DiT .pt, LoRA folder, Wan2.1_VAE.pth, Qwen3-VL folder) into a model folder"
 
 
@@ -24,6 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lowmem.models.dit_config import DiTConfig
+    from lowmem.models.official_import import import_official
+    from lowmem.offload import parse_bytes
+
     config = DiTConfig.from_file(args.config) if args.config else None
     out = import_official(args.dit, args.vae, args.text_encoder, args.out, lora=args.lora, config=config,
                           shard_bytes=parse_bytes(args.shard_size), progress=not args.no_progress)

@@ -7,16 +7,19 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from lowmem.offload.presets import PRECISIONS, available_presets
+from lowmem import validation
+from lowmem.validation import cli_type
 
 HELP = ("show how a run would use a memory budget: what stays resident, what streams, the memory estimate "
         "(with the traced peaks behind it) and, for a preset, the predicted step time")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from lowmem.offload.presets import PRECISIONS, available_presets
+
     parser.add_argument("--budget", help="compute-device memory budget, e.g. 24GB, 24GiB, 512MB")
     parser.add_argument("--preset", help=f"hardware preset: {', '.join(available_presets())} (or a .toml path)")
-    parser.add_argument("--resolution", type=int, help="working resolution, N x N pixels (default: 1024 or the preset's)")
+    parser.add_argument("--resolution", type=cli_type(validation.resolution, "resolution"), help="working resolution, N x N pixels (default: 1024 or the preset's)")
     parser.add_argument("--quantization", choices=PRECISIONS, help="DiT weight precision (default: bf16 or the preset's)")
     parser.add_argument("--device", choices=("cuda", "cpu"), help="compute device kind (default: cuda or the preset's)")
     parser.add_argument("--host-ram", help="host RAM the runtime may hold/pin, e.g. 64GB")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from lowmem.validation import spot_dilation, spot_threshold
+
 # The official defaults are written for a 50-step schedule; `schedule()` scales them.
 REFERENCE_STEPS = 50
 
@@ -33,12 +35,10 @@ class SpotConfig:
     cache_device: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.threshold, str) and self.threshold != "auto":
-            raise ValueError(f"threshold is a number or 'auto', got {self.threshold!r}")
+        self.threshold = spot_threshold(self.threshold)  # a number that is finite, or "auto"
         if self.initial_steps < 1:
             raise ValueError(f"initial_steps must be at least 1 (the caches come from a full step), got {self.initial_steps}")
-        if self.dilation < 0:
-            raise ValueError(f"dilation must be >= 0, got {self.dilation}")
+        self.dilation = spot_dilation(self.dilation)
         self.reset_steps = tuple(int(s) for s in self.reset_steps)
 
     def schedule(self, steps: int) -> tuple[int, frozenset[int]]:

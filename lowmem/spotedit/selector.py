@@ -18,6 +18,7 @@ score scale differs from the one tau was tuned on.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import torch
@@ -102,7 +103,7 @@ class SpotSelector:
         edited = scores >= tau
         while not bool(edited.any()):
             tau /= 2
-            if tau < MIN_THRESHOLD:
+            if tau < MIN_THRESHOLD or not math.isfinite(tau):  # inf / 2 and nan / 2 never get smaller
                 return None
             edited = scores >= tau
         return dilate(edited, self.dilation)

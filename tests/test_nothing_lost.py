@@ -1,0 +1,189 @@
+"""Issue 17's numbered cases: nothing the user has is lost, no run hangs, bad numbers are refused at
+the door. Each test failed on the code before its fix (see the issue for the repro)."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+import lowmem
+from lowmem.cli import main
+from lowmem.errors import ArgumentError, OutputPathError
+from lowmem.offload import BudgetError
+
+
+@pytest.fixture
+def deadline():
+    """Turn a hang into a failure: the test body gets 60 s (SIGALRM interrupts a Python loop)."""
+
+    def expired(signum, frame):
+        raise TimeoutError("hung: still running after 60 s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture
+def image_file(scene, tmp_path: Path) -> Path:
+    path = tmp_path / "in.png"
+    scene.save(path)
+    return path
+
+
+@pytest.fixture
+def model_copy(tiny_model: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(tiny_model, tmp_path / "model"))
+
+
+def edit(model: Path, image: Path, out: Path, *extra: str) -> list[str]:
+    return ["edit", "--model", str(model), "--image", str(image), "--out", str(out), "--steps", "1",
+            "--resolution", "64", "--rotate", "left", "--device", "cpu", *extra]
+
+
+def error_line(code: int, capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), (code, err)
+    return err[0]
+
+
+def usage_error(argv: list[str], capsys) -> str:
+    """An argument refused by the parser: exit 2 with one `error:` line."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    return error_line(stop.value.code, capsys)
+
+
+# -- 1. reports and images never collide; --overwrite means only --out ------------------------------
+
+def test_report_and_out_on_one_file_is_refused(tiny_model, image_file, tmp_path, capsys):
+    same = tmp_path / "same.png"
+    line = error_line(main(edit(tiny_model, image_file, same, "--report", str(same))), capsys)
+    assert "--out and --report are the same file" in line
+    assert not same.exists()
+
+
+def test_overwrite_does_not_replace_a_report_target_that_is_not_a_report(tiny_model, image_file, tmp_path, capsys):
+    precious = image_file.read_bytes()
+    other = tmp_path / "holiday.png"
+    other.write_bytes(precious)
+    line = error_line(main(edit(tiny_model, image_file, tmp_path / "out.png", "--overwrite", "--report", str(other))), capsys)
+    assert "not a lowmem run report" in line
+    assert other.read_bytes() == precious
+    line = error_line(main(edit(tiny_model, image_file, tmp_path / "out.png", "--overwrite", "--report", str(image_file))), capsys)
+    assert "same file" in line and image_file.read_bytes() == precious
+
+
+def test_out_is_never_the_input_image(tiny_model, image_file, capsys):
+    precious = image_file.read_bytes()
+    line = error_line(main(edit(tiny_model, image_file, image_file.parent / "." / image_file.name, "--overwrite")), capsys)
+    assert "--image and --out are the same file" in line and image_file.read_bytes() == precious
+
+
+def test_overwrite_replaces_out_and_an_earlier_report(tiny_model, image_file, tmp_path):
+    out, report = tmp_path / "out.png", tmp_path / "run.json"
+    assert main(edit(tiny_model, image_file, out, "--report", str(report))) == 0
+    first = json.loads(report.read_text())
+    assert main(edit(tiny_model, image_file, out, "--report", str(report), "--overwrite", "--seed", "3")) == 0
+    assert json.loads(report.read_text())["seed"] == 3 != first["seed"]
+
+
+# -- 2. demo and doctor never replace the user's files ---------------------------------------------
+
+def test_demo_refuses_to_replace_the_input_and_files_in_out_dir(image_file, capsys):
+    photos = image_file.parent
+    mine = photos / "input.png"
+    image_file.rename(mine)
+    (photos / "report.json").write_text("my notes")
+    before = {p.name: p.read_bytes() for p in photos.iterdir()}
+    line = error_line(main(["demo", "--image", str(mine), "--out-dir", str(photos)]), capsys)
+    assert "--image" in line and "input.png" in line
+    line = error_line(main(["demo", "--out-dir", str(photos), "--overwrite", "--image", str(mine)]), capsys)
+    assert "--image" in line
+    (photos / "mine.png").write_bytes(mine.read_bytes())
+    line = error_line(main(["demo", "--image", str(photos / "mine.png"), "--out-dir", str(photos)]), capsys)
+    assert "input.png already exists" in line and "--overwrite" in line
+    assert {p.name: p.read_bytes() for p in photos.iterdir() if p.name != "mine.png"} == before
+
+
+def test_doctor_json_does_not_replace_an_existing_file(tmp_path, capsys):
+    target = tmp_path / "notes.json"
+    target.write_text("mine")
+    line = error_line(main(["doctor", "--json", str(target)]), capsys)
+    assert "already exists" in line and "--overwrite" in line
+    assert target.read_text() == "mine"
+
+
+# -- 7. non-finite numbers are refused at the door; the selector's loop is bounded ------------------
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_spot_threshold_is_refused(value, tiny_model, image_file, tmp_path, capsys, deadline):
+    line = usage_error(edit(tiny_model, image_file, tmp_path / "o.png", "--spot", f"--spot-threshold={value}"), capsys)
+    assert "--spot-threshold" in line and "finite" in line
+
+
+def test_non_finite_demo_guidance_is_refused(tmp_path, capsys, deadline):
+    line = usage_error(["demo", "--guidance", "nan", "--out-dir", str(tmp_path / "d")], capsys)
+    assert "--guidance" in line and "finite" in line
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), float("inf"), 0.5])
+def test_selector_threshold_loop_ends_on_any_scores(threshold, deadline):
+    from lowmem.spotedit.selector import SpotSelector
+
+    selector = SpotSelector.__new__(SpotSelector)  # the loop alone: scores stand in for the VAE features
+    selector.threshold, selector.dilation = threshold, 0
+    for scores in (torch.full((4, 4), float("nan")), torch.zeros(4, 4)):
+        selector.scores = lambda x0_hat, scores=scores: scores
+        assert selector.select(None) is None
+
+
+def test_spot_config_refuses_non_finite_threshold():
+    from lowmem.spotedit import SpotConfig
+
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(ArgumentError, match="finite"):
+            SpotConfig(threshold=value)
+
+
+# -- 8. guidance, resolution and budget are checked, in the CLI and in the Python API ---------------
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--guidance", "nan", "finite"), ("--guidance", "inf", "finite"), ("--guidance", "-1", "between"),
+    ("--resolution", "0", "between"), ("--resolution", "-64", "between"), ("--resolution", "1", "between"),
+    ("--resolution", "17", "between"), ("--resolution", "100", "multiple of 16"),
+    ("--steps", "0", "between"), ("--seed", "-1", "between"), ("--spot-dilation", "-1", "between"),
+])
+def test_edit_refuses_bad_numbers(flag, value, words, tiny_model, image_file, tmp_path, capsys, deadline):
+    line = usage_error(edit(tiny_model, image_file, tmp_path / "o.png", flag, value), capsys)
+    assert flag in line and words in line
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("budget", [0, "", False, "0GB"])
+def test_load_refuses_an_empty_budget(budget, tiny_model):
+    with pytest.raises(BudgetError):
+        lowmem.load(tiny_model, memory_budget=budget, device="cpu", resolution=64)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"guidance": float("nan")}, "finite"), ({"guidance": float("inf")}, "finite"), ({"resolution": 17}, "between"),
+    ({"resolution": 0}, "between"), ({"steps": 0}, "between"), ({"seed": -5}, "between"),
+])
+def test_pipeline_edit_refuses_bad_numbers(kwargs, words, tiny_pipeline, scene):
+    with pytest.raises(ArgumentError, match=words):
+        tiny_pipeline.edit(scene, "Rotate the object to show the left side view.", progress=False, **{"steps": 1, **kwargs})
+
+
+def test_load_refuses_a_bad_resolution(tiny_model):
+    with pytest.raises(ArgumentError, match="multiple of 16"):
+        lowmem.load(tiny_model, device="cpu", resolution=100)
