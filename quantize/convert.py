@@ -32,10 +32,13 @@ from tqdm.auto import tqdm
 
 from lowmem.errors import CorruptCheckpointError, LowmemError, OutputPathError
 from lowmem.models.layout import open_model_folder
+from lowmem.paths import exclusive_lock
+from lowmem.models.vae import load_folder_vae
+from quantize.loader import verify_file
 from quantize.manifest import FORMAT_VERSION, MANIFEST, format_error_table, sha256_file, write_json_atomic
 from quantize.plan import COMPONENTS, default_skip, quantizable_linears, unit_of
 from quantize.schemes import GROUP_SIZE, check_scheme, double_quantized, dequantize, quantize_linear_weight, weight_error
-from quantize.sources import ComponentSource, check_names, check_shards, dit_source, meta_dit, meta_vlm, read_tensor, vlm_source
+from quantize.sources import ComponentSource, check_complete, check_shards, dit_source, meta_dit, meta_vlm, read_tensor, vlm_source
 
 PARTIAL_STATE = "partial.json"
 SUBDIR = {"dit": "transformer", "vlm": "text_encoder"}
@@ -133,26 +136,36 @@ def convert(
         raise LowmemError(f"{folder.root} is already a `lowmem quantize` folder; quantize the original model folder instead")
     out = Path(out).expanduser()
     _check_out(out)
+    busy = (f"another conversion into {out} is running (it holds {lock_file_of(out).name}); "
+            "wait for it to finish, or choose another --out folder")
+    with exclusive_lock(lock_file_of(out), busy):
+        _check_out(out)  # a run that held the lock may have finished it meanwhile
+        return _convert_locked(folder, out, scheme, backend, components, skip, progress, print_table)
+
+
+def lock_file_of(out: Path) -> Path:
+    """The lock a conversion into `out` holds, beside it."""
+    return out.with_name(f".{out.name}.lock")
+
+
+def _convert_locked(folder, out: Path, scheme: str, backend: str, components: tuple[str, ...], skip: Sequence[str],
+                    progress: bool, print_table: bool) -> dict:
     partial = out.with_name(out.name + ".partial")
 
     _return_freed_memory()
-    # Inputs first: every shard is opened once, so a truncated file fails before anything is written.
+    # Every source completely (the parts copied as they are too): the exact tensor set with the
+    # config's shapes, every shard readable, the VAE loadable; so a broken source never becomes a folder.
     dit_src = dit_source(folder)
     vlm_src = vlm_source(folder.text_encoder)
-    check_shards(dit_src.shards.values())
-    if "vlm" in components:
-        check_shards(vlm_src.shards.values())
-
     dit_model, dit_config = meta_dit(folder)
-    metas = {"dit": dit_model}
-    if "vlm" in components:
-        metas["vlm"] = meta_vlm(folder.text_encoder)
+    metas = {"dit": dit_model, "vlm": meta_vlm(folder.text_encoder)}
     sources = {"dit": dit_src, "vlm": vlm_src}
+    for c in COMPONENTS:
+        check_shards(sources[c].shards.values())
+        check_complete(sources[c], metas[c])
+    load_folder_vae(folder, torch.device("cpu"))
     skips = {c: list(default_skip(c)) + list(skip) for c in COMPONENTS}
-    plans = {}
-    for c in components:
-        check_names(sources[c], metas[c])
-        plans[c] = set(quantizable_linears(metas[c], c, skips[c], scheme, backend))
+    plans = {c: set(quantizable_linears(metas[c], c, skips[c], scheme, backend)) for c in components}
 
     # Every file this output derives from, with its hash (also what a resumed run must match).
     copied = [p for p in sorted(folder.vae_file.parent.iterdir()) if p.is_file()]
@@ -243,6 +256,8 @@ def convert(
         "vlm": parts.get("vlm", {"quantized": False}),
         "dit_config": asdict(dit_config),
     }
+    for rel in manifest["files"]:  # read back what was written: what the loader will check
+        verify_file(partial, rel, manifest)
     write_json_atomic(partial / MANIFEST, manifest)
     state_file.unlink()
     if out.exists():

@@ -14,14 +14,14 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import nn
 
-from lowmem.errors import CorruptCheckpointError
+from lowmem.errors import CorruptCheckpointError, ModelFolderError
 from lowmem.models.dit_loading import DiTCheckpoint, Selection, check_filled, everything
 from lowmem.models.layout import ModelFolder, open_model_folder, open_shard
 from quantize.linear import QuantizedLinear
-from quantize.manifest import read_manifest
+from quantize.manifest import MANIFEST, read_manifest, sha256_file
 from quantize.plan import default_skip, quantizable_linears, swap_linears
 from quantize.schemes import check_scheme
-from quantize.sources import ComponentSource, check_names, dit_source, meta_dit, meta_vlm, vlm_source
+from quantize.sources import ComponentSource, check_complete, dit_source, meta_dit, meta_vlm, vlm_source
 
 
 def assign_tensor(model: nn.Module, key: str, tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> None:
@@ -56,9 +56,36 @@ def _finish(model: nn.Module, device: torch.device, what: str) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def _fill_from_files(model: nn.Module, root: Path, files: Iterable[str], device, dtype, select: Selection = everything) -> None:
+_VERIFIED: set[tuple[str, int, int, str]] = set()  # (path, size, mtime, sha256) already checked by this process
+
+
+def verify_file(root: Path, rel: str, manifest: dict) -> Path:
+    """`root/rel`, after checking its bytes against the sha256 manifest.json recorded when it was
+    written (once per process and file version); a changed file names itself and what to re-run."""
+    path = root / rel
+    expected = manifest.get("files", {}).get(rel)
+    if expected is None:
+        raise CorruptCheckpointError(f"{root / MANIFEST} has no sha256 for {rel}; the folder is incomplete: re-run the conversion")
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise ModelFolderError(f"{path} is missing ({exc.strerror}); re-run the conversion") from exc
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, expected)
+    if key not in _VERIFIED:
+        if sha256_file(path) != expected:
+            source = manifest.get("source", {}).get("folder", "the original model folder")
+            raise CorruptCheckpointError(
+                f"{path} does not match the sha256 manifest.json recorded for it (damaged or changed after the conversion); "
+                f"re-convert: `lowmem quantize {source} --scheme {manifest.get('scheme')} --out NEW_FOLDER`"
+            )
+        _VERIFIED.add(key)
+    return path
+
+
+def _fill_from_files(model: nn.Module, root: Path, files: Iterable[str], manifest: dict, device, dtype,
+                     select: Selection = everything) -> None:
     for rel in files:
-        path = root / rel
+        path = verify_file(root, rel, manifest)
         with open_shard(path) as reader:
             for key in reader.keys():
                 if not select(key):
@@ -88,14 +115,15 @@ def dit_parts(folder: ModelFolder, device: torch.device | str = "cpu", dtype: to
     quantized on the fly when `quantization` is given, or from an original folder as stored."""
     device = torch.device(device)
     model, _ = meta_dit(folder, dtype=dtype)
-    part = read_manifest(folder.root)["dit"] if folder.is_quantized else {}
+    manifest = read_manifest(folder.root) if folder.is_quantized else {}
+    part = manifest.get("dit", {})
     if part.get("quantized"):
         for (scheme, backend, double_quant), modules in _quantized_modules(part["tensors"]).items():
             swap_linears(model, modules, scheme, backend, double_quant=double_quant)
 
         def fill(select: Selection) -> None:
             files = sorted({entry["file"] for name, entry in part["tensors"].items() if select(name)})
-            _fill_from_files(model, folder.root, files, device, dtype, select)
+            _fill_from_files(model, folder.root, files, manifest, device, dtype, select)
             check_filled(model, select, "quantized DiT")
     elif quantization is not None and not folder.is_quantized:
         quantizing = _quantizing_filler(model, dit_source(folder), "dit", quantization, check_scheme(quantization, None),
@@ -123,11 +151,12 @@ def load_quantized_vlm(folder: str | Path, device: torch.device | str = "cpu", d
     """Qwen3VLForConditionalGeneration of a `lowmem quantize` folder whose vlm component was quantized."""
     device = torch.device(device)
     root = Path(folder)
-    part = read_manifest(root)["vlm"]
+    manifest = read_manifest(root)
+    part = manifest["vlm"]
     model = meta_vlm(root / "text_encoder", dtype=dtype)
     for (scheme, backend, double_quant), modules in _quantized_modules(part["tensors"]).items():
         swap_linears(model, modules, scheme, backend, double_quant=double_quant)
-    _fill_from_files(model, root, part["files"], device, dtype)
+    _fill_from_files(model, root, part["files"], manifest, device, dtype)
     if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
     return _finish(model, device, "Qwen3-VL")
@@ -139,7 +168,7 @@ def _quantizing_filler(model: nn.Module, source: ComponentSource, component: str
     selected source tensors one at a time, quantizing those that belong to a swapped Linear."""
     from quantize.convert import quantize_tensors
 
-    check_names(source, model)
+    check_complete(source, model)
     modules = set(quantizable_linears(model, component, list(default_skip(component)) + list(skip), scheme, backend))
     expected = {k: v.shape for k, v in model.state_dict().items()}
     swap_linears(model, modules, scheme, backend)
@@ -201,6 +230,8 @@ def load_conditioner(folder: ModelFolder, device: torch.device, dtype: torch.dty
     if quantization is not None and not folder.is_quantized:
         return _conditioner(load_vlm_quantizing(folder.text_encoder, quantization, device=device, dtype=dtype),
                             folder.text_encoder)
+    # transformers would fill missing or foreign weights with random values and only warn: refuse, as the DiT does.
+    check_complete(vlm_source(folder.text_encoder), meta_vlm(folder.text_encoder))
     return QwenVLConditioner.from_folder(folder.text_encoder, dtype=dtype, device=device)
 
 

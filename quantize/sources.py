@@ -93,6 +93,39 @@ def meta_vlm(text_encoder: Path, dtype: torch.dtype = torch.bfloat16) -> nn.Modu
     return model.eval().requires_grad_(False)
 
 
+def check_complete(source: ComponentSource, model: nn.Module) -> None:
+    """Raise CorruptCheckpointError unless `source` holds exactly `model`'s tensors with its shapes
+    (read from the shard headers, nothing is loaded): a missing block or layer, a foreign tensor or a
+    config that does not match the weights is refused before any output is written or any weight read.
+    A tensor tied to another one (the same parameter under two names) may be absent."""
+    check_names(source, model)
+    expected = model.state_dict()
+    groups: dict[int, set[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), set()).add(name)
+    tied = {name: group for group in groups.values() for name in group}
+    present = set(source.shards)
+    missing = sorted(n for n in expected if n not in present and not tied.get(n, set()) & present)
+    what = "DiT" if source.component == "dit" else "Qwen3-VL"
+    if missing:
+        raise CorruptCheckpointError(
+            f"the {what} weights lack {len(missing)} tensors (first: {missing[0]}): the download or copy is incomplete; "
+            "fetch the missing files again"
+        )
+    by_shard: dict[Path, list[str]] = {}
+    for name, shard in source.shards.items():
+        by_shard.setdefault(shard, []).append(name)
+    for shard, names in sorted(by_shard.items()):
+        with open_shard(shard) as reader:
+            for name in names:
+                shape = tuple(reader.get_slice(name).get_shape())
+                if shape != tuple(expected[name].shape):
+                    raise CorruptCheckpointError(
+                        f"{name} has shape {shape} in {shard.name} but the {what} config expects {tuple(expected[name].shape)}: "
+                        "the weights belong to another model or size"
+                    )
+
+
 def check_names(source: ComponentSource, model: nn.Module) -> None:
     expected = model.state_dict()
     for name in source.names():

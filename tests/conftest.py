@@ -34,3 +34,13 @@ def scene() -> Image.Image:
     canvas = np.full((64, 64, 3), (200, 210, 225), dtype=np.uint8)
     canvas[20:44, 20:44] = (180, 60, 40)
     return Image.fromarray(canvas)
+
+
+@pytest.fixture(scope="session")
+def quantized_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model converted to nf4 by `lowmem quantize` (read-only: copy it to change it)."""
+    from lowmem.cli import main
+
+    out = tmp_path_factory.mktemp("quantized") / "nf4"
+    assert main(["quantize", str(tiny_model), "--scheme", "nf4", "--out", str(out), "--no-progress"]) == 0
+    return out

@@ -35,13 +35,6 @@ def model_copy(tiny_model: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(tiny_model, tmp_path / "model"))
 
 
-@pytest.fixture(scope="module")
-def quantized_model(tiny_model: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("quantized") / "nf4"
-    assert main(["quantize", str(tiny_model), "--scheme", "nf4", "--out", str(out), "--no-progress"]) == 0
-    return out
-
-
 def edit(model: Path, image: Path, out: Path, *extra: str) -> list[str]:
     return ["edit", "--model", str(model), "--image", str(image), "--out", str(out), "--steps", "1", "--resolution", "64",
             *(extra or ("--rotate", "left"))]

@@ -187,3 +187,121 @@ def test_pipeline_edit_refuses_bad_numbers(kwargs, words, tiny_pipeline, scene):
 def test_load_refuses_a_bad_resolution(tiny_model):
     with pytest.raises(ArgumentError, match="multiple of 16"):
         lowmem.load(tiny_model, device="cpu", resolution=100)
+
+
+# -- 3. a source is validated completely before anything is written --------------------------------
+
+def drop_tensors(folder: Path, index_name: str, prefix: str) -> None:
+    """Remove every tensor named `prefix`... from a sharded safetensors folder (shards and index)."""
+    from safetensors.torch import load_file, save_file
+
+    index_file = folder / index_name
+    index = json.loads(index_file.read_text())
+    dropped = {name for name in index["weight_map"] if name.startswith(prefix)}
+    assert dropped, prefix
+    for shard in sorted({index["weight_map"][name] for name in dropped}):
+        kept = {k: v for k, v in load_file(folder / shard).items() if k not in dropped}
+        save_file(kept, folder / shard, metadata={"format": "pt"})
+    index["weight_map"] = {k: v for k, v in index["weight_map"].items() if k not in dropped}
+    index_file.write_text(json.dumps(index))
+
+
+def quantize(model: Path, out: Path) -> list[str]:
+    return ["quantize", str(model), "--scheme", "nf4", "--out", str(out), "--no-progress"]
+
+
+def assert_nothing_written(out: Path) -> None:
+    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+    assert not list(out.parent.glob(f".{out.name}*"))
+
+
+@pytest.mark.parametrize("part, index_name, prefix, words", [
+    ("transformer", "diffusion_pytorch_model.safetensors.index.json", "double_blocks.1.", "DiT weights lack"),
+    ("text_encoder", "model.safetensors.index.json", "model.language_model.layers.1.", "Qwen3-VL weights lack"),
+])
+def test_quantize_refuses_an_incomplete_source(part, index_name, prefix, words, model_copy, tmp_path, capsys):
+    drop_tensors(model_copy / part, index_name, prefix)
+    out = tmp_path / "q"
+    line = error_line(main(quantize(model_copy, out)), capsys)
+    assert words in line and prefix in line
+    assert_nothing_written(out)
+
+
+def test_quantize_refuses_a_truncated_vae(model_copy, tmp_path, capsys):
+    vae = model_copy / "vae" / "Wan2.1_VAE.pth"
+    vae.write_bytes(vae.read_bytes()[: vae.stat().st_size // 2])
+    out = tmp_path / "q"
+    line = error_line(main(quantize(model_copy, out)), capsys)
+    assert "Wan2.1_VAE.pth" in line and "corrupt" in line
+    assert_nothing_written(out)
+
+
+def test_import_refuses_a_vae_that_is_not_one(tiny_model, tmp_path, capsys):
+    from lowmem.testing import tiny_dit_state_dict
+
+    dit = tmp_path / "dit.pt"
+    torch.save(tiny_dit_state_dict(), dit)
+    not_a_vae = tmp_path / "Wan2.1_VAE.pth"
+    torch.save({"weight": torch.zeros(3)}, not_a_vae)
+    out = tmp_path / "imported"
+    line = error_line(main(["import", "--dit", str(dit), "--vae", str(not_a_vae), "--text-encoder",
+                            str(tiny_model / "text_encoder"), "--out", str(out), "--no-progress"]), capsys)
+    assert "not a Wan2.1 VAE" in line
+    assert_nothing_written(out)
+
+
+# -- 4. one conversion at a time into one output ----------------------------------------------------
+
+def test_quantize_refuses_while_another_conversion_holds_the_output(tiny_model, tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "q"
+    with open(tmp_path / ".q.lock", "w") as held:  # what a running conversion into `out` holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        line = error_line(main(quantize(tiny_model, out)), capsys)
+    assert "another conversion into" in line and "is running" in line
+    assert not out.exists() and not (tmp_path / "q.partial").exists()
+
+
+# -- 5. quantized blocks are checked against the manifest's sha256 ----------------------------------
+
+def test_a_quantized_block_with_flipped_bytes_is_refused_with_the_file_to_reconvert(quantized_model, image_file, tmp_path, capsys):
+    import shutil
+
+    copy = Path(shutil.copytree(quantized_model, tmp_path / "nf4"))
+    block = copy / "transformer" / "block_001.safetensors"
+    data = bytearray(block.read_bytes())
+    data[-8:] = bytes(b ^ 0xFF for b in data[-8:])  # tensor bytes, not the header: safetensors reads them fine
+    block.write_bytes(bytes(data))
+    out = tmp_path / "out.png"
+    line = error_line(main(edit(copy, image_file, out)), capsys)
+    assert "block_001.safetensors" in line and "sha256" in line and "lowmem quantize" in line
+    assert not out.exists()
+    line = error_line(main(edit(copy, image_file, out, "--budget", "256MB")), capsys)
+    assert "block_001.safetensors" in line
+
+
+# -- 6. an incomplete or foreign Qwen3-VL is refused like the DiT ----------------------------------
+
+def test_an_incomplete_conditioner_is_refused(model_copy, image_file, tmp_path, capsys):
+    drop_tensors(model_copy / "text_encoder", "model.safetensors.index.json", "model.language_model.layers.0.mlp.")
+    out = tmp_path / "out.png"
+    line = error_line(main(edit(model_copy, image_file, out)), capsys)
+    assert "Qwen3-VL weights lack" in line and "layers.0.mlp" in line
+    assert not out.exists()
+
+
+def test_a_foreign_conditioner_is_refused(model_copy, image_file, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    te = model_copy / "text_encoder"
+    index = json.loads((te / "model.safetensors.index.json").read_text())
+    for shard in sorted(set(index["weight_map"].values())):
+        tensors = load_file(te / shard)
+        save_file({k.replace("language_model.", "llm."): v for k, v in tensors.items()}, te / shard, metadata={"format": "pt"})
+    index["weight_map"] = {k.replace("language_model.", "llm."): v for k, v in index["weight_map"].items()}
+    (te / "model.safetensors.index.json").write_text(json.dumps(index))
+    out = tmp_path / "out.png"
+    line = error_line(main(edit(model_copy, image_file, out, "--budget", "256MB")), capsys)
+    assert "llm." in line and "not a VLM weight" in line
+    assert not out.exists()

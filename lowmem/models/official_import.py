@@ -140,6 +140,7 @@ def import_official(
         raise ModelFolderError(f"VAE file {vae} does not exist; pass the official Wan2.1_VAE.pth")
     if not (Path(text_encoder) / "config.json").is_file():
         raise ModelFolderError(f"{text_encoder} holds no config.json; pass the Qwen3-VL-8B-Instruct folder")
+    check_parts(Path(vae), Path(text_encoder))
     state = read_official_dit(Path(dit))
     adapter = LoRA(Path(lora)) if lora is not None else None
     config = config or infer_dit_config(state)
@@ -176,6 +177,18 @@ def import_official(
                 _link_or_copy(file, staging / "text_encoder" / file.relative_to(text_encoder))
         open_model_folder(staging)  # the result must read back as a model folder
     return out
+
+
+def check_parts(vae: Path, text_encoder: Path) -> None:
+    """The VAE and Qwen3-VL files that the folder will link are complete and what they claim to be,
+    so a broken part is refused now, not at the first edit."""
+    from lowmem.models.vae import WanVAE
+    from quantize.sources import check_complete, check_shards, meta_vlm, vlm_source
+
+    WanVAE.from_file(vae, device="meta")
+    source = vlm_source(text_encoder)
+    check_shards(source.shards.values())
+    check_complete(source, meta_vlm(text_encoder))
 
 
 def _write_shard(tensors: dict[str, torch.Tensor], folder: Path, number: int) -> None:
