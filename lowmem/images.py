@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from lowmem.errors import InputImageError, InstructionError, ResolutionError
@@ -31,10 +31,15 @@ def load_image(path: str | Path) -> Image.Image:
     if not path.is_file():
         raise InputImageError(f"input image {path} does not exist")
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        with warnings.catch_warnings():
+            # PIL only warns between MAX_IMAGE_PIXELS and twice that: decoding it would take minutes and GBs.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return img.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputImageError(f"{path} has too many pixels to decode safely ({exc}); resize it first") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputImageError(f"{path} is not a readable image ({exc}); pass a PNG, JPEG or WebP file") from exc
 
 
@@ -128,6 +133,8 @@ def resize_to_bucket(image: Image.Image, base_size: int = 1024) -> Image.Image:
 
 def to_model_tensor(image: Image.Image) -> torch.Tensor:
     """(1, 3, H, W) float32 in [-1, 1]."""
+    import torch  # here, not at the top: reading an image must not cost the torch import
+
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
 
@@ -136,6 +143,8 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     """(3, H, W) or (1, 3, H, W) in [0, 1] -> RGB image."""
     if image.dim() == 4:
         image = image[0]
+    import torch
+
     array = (image.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(array)
 

@@ -9,11 +9,14 @@ values, because the model would silently produce something else.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from PIL import Image, ImageDraw
 
 from lowmem.errors import InstructionError
+
+if TYPE_CHECKING:
+    from lowmem.images import BucketFit
 
 VIEWS = ("front", "rear", "left", "right", "front left", "front right", "rear left", "rear right")
 YAW_STEP, YAW_LIMIT = 45, 180
@@ -31,9 +34,23 @@ class EditInstruction:
     text: str
     box: Optional[tuple[int, int, int, int]] = None
 
-    def prepare_image(self, image: Image.Image) -> Image.Image:
-        """The image the model sees: the input, with the red target box drawn when there is one."""
-        return image if self.box is None else draw_box(image, self.box)
+    def check_box_inside(self, image_size: tuple[int, int]) -> None:
+        """Raise InstructionError when the box reaches outside an input image of `image_size` (w, h)."""
+        if self.box is not None and (self.box[2] > image_size[0] or self.box[3] > image_size[1]):
+            raise InstructionError(f"box {self.box} reaches outside the {image_size[0]}x{image_size[1]} input image; "
+                                   "give it in the input image's pixels")
+
+    def prepare_image(self, image: Image.Image, fit: Optional["BucketFit"] = None) -> Image.Image:
+        """The image the model sees: the input (already fitted to its bucket by `fit`), with the red
+        target box drawn when there is one. The box is in the input image's pixels and goes through
+        the same resize and crop as the image."""
+        if self.box is None:
+            return image
+        box = self.box
+        if fit is not None:
+            self.check_box_inside(fit.source)
+            box = fit.map_box(box)
+        return draw_box(image, box)
 
 
 def _subject(name: str) -> str:
@@ -59,9 +76,10 @@ def move_to_box(obj: str, box: tuple[int, int, int, int], image_size: Optional[t
     x0, y0, x1, y1 = (int(v) for v in box)
     if x1 <= x0 or y1 <= y0 or min(x0, y0) < 0:
         raise InstructionError(f"box {box!r} is empty or negative: it needs x0 < x1 and y0 < y1, all >= 0")
-    if image_size is not None and (x1 > image_size[0] or y1 > image_size[1]):
-        raise InstructionError(f"box {box!r} reaches outside the {image_size[0]}x{image_size[1]} image")
-    return EditInstruction(f"Move the {_subject(obj)} into the red box.", box=(x0, y0, x1, y1))
+    instruction = EditInstruction(f"Move the {_subject(obj)} into the red box.", box=(x0, y0, x1, y1))
+    if image_size is not None:
+        instruction.check_box_inside(image_size)
+    return instruction
 
 
 def scale(obj: str, factor: float) -> EditInstruction:

@@ -77,15 +77,22 @@ def write_text_atomic(path: Path, text: str) -> Path:
     return path
 
 
+def check_new_folder(target: Path) -> None:
+    """Raise OutputPathError unless `target` is absent or an empty folder, in a writable folder."""
+    target = Path(target)
+    check_writable_folder(target.parent)
+    if len(os.fsencode(target.name)) + len(".partial") > _name_max(target.parent):
+        raise OutputPathError(f"the folder name {target.name[:40]}... is longer than this file system allows; choose a shorter one")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise OutputPathError(f"{target} already holds something; choose a new folder (nothing was changed)")
+
+
 @contextmanager
 def staged_folder(target: Path) -> Iterator[Path]:
     """Build a new folder beside `target` and rename it to `target` when the block succeeds; on any
     failure the half-built folder is removed. `target` must be absent or an empty folder."""
     target = Path(target)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise OutputPathError(f"{target} already holds something; choose a new folder")
-    if not target.parent.is_dir():
-        raise OutputPathError(f"output folder {target.parent} does not exist; create it first")
+    check_new_folder(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield staging

@@ -159,7 +159,7 @@ class SpatialEditPipeline:
             instruction = EditInstruction(str(instruction))
         source = load_image(image) if isinstance(image, (str, Path)) else image.convert("RGB")
         fit = fit_bucket(*source.size, base_size=resolution)
-        source = instruction.prepare_image(fit.apply(source))
+        source = instruction.prepare_image(fit.apply(source), fit)  # a box is in the input's pixels: mapped as the image
         report = RunReport(device=str(self.device), dtype=str(self.dtype).removeprefix("torch."), width=source.width,
                            height=source.height, steps=steps, guidance=guidance, seed=seed)
         report.extra["input"] = fit.describe()

@@ -41,13 +41,17 @@ class RunReport:
         if announce:
             tqdm.write(f"{name} ...", file=sys.stderr)
         start = time.perf_counter()
+        outcome = "done in"
         try:
             yield
+        except BaseException as exc:  # a failed or interrupted phase is never reported as done
+            outcome = "interrupted after" if isinstance(exc, KeyboardInterrupt) else "failed after"
+            raise
         finally:
             seconds = time.perf_counter() - start
             self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + seconds
             if announce:
-                tqdm.write(f"{name} done in {seconds:.2f} s", file=sys.stderr)
+                tqdm.write(f"{name} {outcome} {seconds:.2f} s", file=sys.stderr)
 
     def finish(self) -> "RunReport":
         if self.device.startswith("cuda"):

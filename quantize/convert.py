@@ -30,9 +30,9 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from lowmem.errors import CorruptCheckpointError, LowmemError, OutputPathError
+from lowmem.errors import CorruptCheckpointError, LowmemError
 from lowmem.models.layout import open_model_folder
-from lowmem.paths import exclusive_lock
+from lowmem.paths import check_new_folder, exclusive_lock
 from lowmem.models.vae import load_folder_vae
 from quantize.loader import verify_file
 from quantize.manifest import FORMAT_VERSION, MANIFEST, format_error_table, sha256_file, write_json_atomic
@@ -94,13 +94,6 @@ def _return_freed_memory() -> None:
         pass
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OutputPathError(f"{out} already exists and is not empty; choose a new --out folder (nothing was changed)")
-    if not out.parent.is_dir():
-        raise OutputPathError(f"the folder {out.parent} for --out does not exist; create it first")
-
-
 def _copy_file(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp")
@@ -135,11 +128,11 @@ def convert(
     if folder.is_quantized:
         raise LowmemError(f"{folder.root} is already a `lowmem quantize` folder; quantize the original model folder instead")
     out = Path(out).expanduser()
-    _check_out(out)
+    check_new_folder(out)
     busy = (f"another conversion into {out} is running (it holds {lock_file_of(out).name}); "
             "wait for it to finish, or choose another --out folder")
     with exclusive_lock(lock_file_of(out), busy):
-        _check_out(out)  # a run that held the lock may have finished it meanwhile
+        check_new_folder(out)  # a run that held the lock may have finished it meanwhile
         return _convert_locked(folder, out, scheme, backend, components, skip, progress, print_table)
 
 

@@ -31,6 +31,9 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+REQUIRED_FIELDS = {"scheme": str, "backend": str, "files": dict, "dit": dict, "vlm": dict}
+
+
 def read_manifest(folder: str | Path) -> dict:
     """The manifest of a quantized folder; ManifestVersionError for a format this code cannot read."""
     path = Path(folder) / MANIFEST
@@ -47,6 +50,9 @@ def read_manifest(folder: str | Path) -> dict:
             f"{', '.join(map(str, READABLE_VERSIONS))}; "
             f"re-run `lowmem quantize` on the original model with this version"
         )
+    wrong = [key for key, kind in REQUIRED_FIELDS.items() if not isinstance(data.get(key), kind)]
+    if wrong:
+        raise ModelFolderError(f"{path} lacks or mistypes the field(s) {', '.join(wrong)}; re-run `lowmem quantize`")
     return data
 
 

@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from lowmem.errors import CorruptCheckpointError, ModelFolderError
+from lowmem.json_files import read_json_object
 from lowmem.models.dit_loading import IGNORED_PREFIXES, read_dit_config
 from lowmem.models.layout import ModelFolder, open_shard
 
@@ -87,7 +88,12 @@ def meta_vlm(text_encoder: Path, dtype: torch.dtype = torch.bfloat16) -> nn.Modu
     from accelerate import init_empty_weights
     from transformers import AutoConfig, Qwen3VLForConditionalGeneration
 
-    config = AutoConfig.from_pretrained(str(text_encoder), local_files_only=True)
+    read_json_object(text_encoder / "config.json", "put the Qwen3-VL-8B-Instruct folder's config.json there")
+    try:
+        config = AutoConfig.from_pretrained(str(text_encoder), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelFolderError(f"{text_encoder / 'config.json'} is not a Qwen3-VL config ({exc}); "
+                               "put the Qwen3-VL-8B-Instruct folder there") from None
     with init_empty_weights(include_buffers=False):
         model = Qwen3VLForConditionalGeneration._from_config(config, dtype=dtype)
     return model.eval().requires_grad_(False)

@@ -305,3 +305,74 @@ def test_a_foreign_conditioner_is_refused(model_copy, image_file, tmp_path, caps
     line = error_line(main(edit(model_copy, image_file, out, "--budget", "256MB")), capsys)
     assert "llm." in line and "not a VLM weight" in line
     assert not out.exists()
+
+
+# -- 9. --move-box is in the input image's pixels, mapped through the same resize/crop ----------------
+
+def red_pixels(image) -> set[tuple[int, int]]:
+    import numpy as np
+
+    array = np.asarray(image.convert("RGB")).astype(int)
+    ys, xs = np.nonzero((array[..., 0] > 200) & (array[..., 1] < 60) & (array[..., 2] < 60))
+    return set(zip(xs.tolist(), ys.tolist()))
+
+
+def test_move_box_is_drawn_where_it_is_in_the_input_image(tiny_pipeline):
+    from PIL import Image
+
+    from lowmem import instructions
+
+    big = Image.new("RGB", (256, 256), (200, 210, 225))  # 4x the 64 px working size
+    edit_ = instructions.move_to_box("object", (128, 128, 250, 250), image_size=big.size)
+    result = tiny_pipeline.edit(big, edit_, steps=1, resolution=64, progress=False)
+    red = red_pixels(result.input_image)
+    assert red, "the box was never drawn on what the model saw"
+    xs, ys = {x for x, _ in red}, {y for _, y in red}
+    assert min(xs) == min(ys) == 32 and 60 <= max(xs) <= 63 and 60 <= max(ys) <= 63  # 128..250 scaled by 1/4
+
+
+def test_move_box_follows_the_centre_crop(tiny_pipeline):
+    from PIL import Image
+
+    from lowmem import instructions
+
+    from lowmem.images import fit_bucket
+
+    wide = Image.new("RGB", (512, 256), (200, 210, 225))
+    fit = fit_bucket(512, 256, 64)
+    edit_ = instructions.move_to_box("object", (200, 64, 312, 192), image_size=wide.size)
+    result = tiny_pipeline.edit(wide, edit_, steps=1, resolution=64, progress=False)
+    x0, y0, x1, y1 = fit.map_box((200, 64, 312, 192))
+    red = red_pixels(result.input_image)
+    assert min(x for x, _ in red) == x0 and min(y for _, y in red) == y0
+    assert result.input_image.size == fit.bucket
+
+
+def test_move_box_outside_the_input_image_is_refused(tiny_pipeline, tiny_model, image_file, tmp_path, capsys):
+    from PIL import Image
+
+    from lowmem import instructions
+    from lowmem.errors import InstructionError
+
+    with pytest.raises(InstructionError, match="outside the 256x256 input image"):
+        tiny_pipeline.edit(Image.new("RGB", (256, 256)), instructions.EditInstruction("Move it.", box=(10, 10, 300, 200)),
+                           steps=1, resolution=64, progress=False)
+    out = tmp_path / "o.png"
+    argv = edit(tiny_model, image_file, out)
+    argv[argv.index("--rotate"):argv.index("--rotate") + 2] = ["--move-box", "10,10,65,40"]
+    line = error_line(main(argv), capsys)
+    assert "outside the 64x64 input image" in line and not out.exists()
+
+
+# -- the rule behind the rest: a failed or interrupted phase never says "done" ---------------------
+
+@pytest.mark.parametrize("raised, said", [(RuntimeError("boom"), "failed after"), (KeyboardInterrupt(), "interrupted after")])
+def test_a_failed_phase_is_not_reported_done(raised, said, capsys):
+    from lowmem.report import RunReport
+
+    report = RunReport(device="cpu", dtype="float32")
+    with pytest.raises(type(raised)):
+        with report.phase("denoise", announce=True):
+            raise raised
+    err = capsys.readouterr().err
+    assert "done" not in err and f"denoise {said}" in err

@@ -14,7 +14,7 @@ from PIL import Image
 
 from lowmem.commands.edit_args import add_edit_arguments, instruction_from_args, spot_from_args
 from lowmem.errors import OutputPathError
-from lowmem.paths import check_output_path, same_file
+from lowmem.paths import check_output_path, check_writable_folder, same_file
 
 HELP = "quantize, plan and run a geometric edit end to end (on the embedded tiny model when no --model is given)"
 TINY_RESOLUTION = 64
@@ -65,6 +65,8 @@ def check_out_dir(args: argparse.Namespace) -> None:
     image or (without --overwrite) a file already there."""
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise OutputPathError(f"--out-dir {args.out_dir} is a file; give a folder")
+    existing = next(p for p in (args.out_dir, *args.out_dir.parents) if p.exists())
+    check_writable_folder(existing)  # where the missing folders of --out-dir will be made
     for name in OUTPUT_NAMES:
         target = args.out_dir / name
         if args.image is not None and same_file(args.image, target):
@@ -74,19 +76,25 @@ def check_out_dir(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lowmem.images import load_image, save_image_atomic
-    from lowmem.models.dit_loading import read_dit_config
+    from lowmem.images import load_image
     from lowmem.models.layout import open_model_folder
-    from lowmem.paths import write_text_atomic
-    from lowmem.pipeline import SpatialEditPipeline, default_device
-    from lowmem.testing import tiny_model_budget, write_tiny_model
 
+    # Everything that needs no torch first: a mistake is reported in a fraction of a second.
     check_out_dir(args)
     if any(getattr(args, flag) not in (None, False) for flag in EDIT_FLAGS):
         args.rotate = None  # an explicit edit flag replaces the default rotation
     instruction = instruction_from_args(args)
+    if args.model is not None:
+        open_model_folder(args.model)
     image = load_image(args.image) if args.image else test_scene()
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    instruction.check_box_inside(image.size)  # --move-box is in the input image's pixels
+
+    from lowmem.images import save_image_atomic
+    from lowmem.models.dit_loading import read_dit_config
+    from lowmem.paths import write_text_atomic
+    from lowmem.pipeline import SpatialEditPipeline, default_device
+    from lowmem.testing import tiny_model_budget, write_tiny_model
+
     with tempfile.TemporaryDirectory(prefix="lowmem-demo-") as scratch:
         model = args.model or write_tiny_model(Path(scratch) / "tiny-spatialedit")
         print(f"model: {model}")
@@ -112,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         "spot_mask.png": mask,
         "side_by_side.png": side_by_side(result.input_image, result.image, mask),
     }
+    args.out_dir.mkdir(parents=True, exist_ok=True)  # only now: a refused or failed run leaves no empty folder
     for name, picture in outputs.items():
         save_image_atomic(picture, args.out_dir / name, overwrite=args.overwrite)
     write_text_atomic(args.out_dir / "report.json", result.report.to_json())

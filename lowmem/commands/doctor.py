@@ -56,11 +56,11 @@ def recommendation(rows: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.json:
+        check_output_path(args.json, args.overwrite)
     from lowmem.machine import inspect_machine
     from lowmem.offload import format_bytes
 
-    if args.json:
-        check_output_path(args.json, args.overwrite)
     machine = inspect_machine()
     if machine.has_gpu:
         print(f"GPU        {machine.gpu_name}: {format_bytes(machine.gpu_total_bytes)} total, {format_bytes(machine.gpu_free_bytes)} free")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from lowmem.commands.edit_args import add_edit_arguments, instruction_from_args, spot_from_args
@@ -54,17 +55,32 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lowmem.images import load_image
+    from lowmem.models.layout import open_model_folder
+
+    # Everything that needs no torch first: a mistake is reported in a fraction of a second.
+    instruction = instruction_from_args(args)
+    check_outputs(args)
+    open_model_folder(args.model)
+    image = load_image(args.image)
+    instruction.check_box_inside(image.size)  # --move-box is in the input image's pixels
+
     from lowmem import validation
-    from lowmem.images import load_image, save_image_atomic
+    from lowmem.images import save_image_atomic
     from lowmem.paths import write_text_atomic
     from lowmem.pipeline import SpatialEditPipeline, default_device
 
-    instruction = instruction_from_args(args)
-    check_outputs(args)  # fail before any heavy work
     device = validation.device(args.device) if args.device else default_device()
+    if args.preset is not None and device.type == "cpu":
+        from lowmem.offload.presets import load_preset
+
+        preset = load_preset(args.preset)
+        if preset.device == "cuda":  # its budget is GPU memory: it says nothing about this machine's RAM
+            print(f"notice: preset {preset.name} is for a CUDA GPU and this run is on the CPU, so it is ignored; "
+                  "use --preset cpu-16gb or --budget to bound RAM", file=sys.stderr)
+            args.preset = None
     if args.budget is None and args.preset is None and device.type == "cuda":
         args.budget = "auto"  # on a GPU, plan for the memory that is free instead of failing with out-of-memory
-    image = load_image(args.image)
     pipe = SpatialEditPipeline.from_folder(args.model, device=device, memory_budget=args.budget, preset=args.preset,
                                            resolution=args.resolution, quantization=args.quantization, spot=bool(args.spot),
                                            guidance=args.guidance)

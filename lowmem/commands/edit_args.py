@@ -18,7 +18,7 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("the edit (one of)")
     what.add_argument("--instruction", help="free instruction text")
     what.add_argument("--rotate", metavar="VIEW", help=f"rotate the object to a view: {', '.join(instructions.VIEWS)}")
-    what.add_argument("--move-box", metavar="X0,Y0,X1,Y1", help="move the object into this pixel box (drawn in red)")
+    what.add_argument("--move-box", metavar="X0,Y0,X1,Y1", help="move the object into this box, in the input image's pixels (drawn in red)")
     what.add_argument("--scale", type=float, metavar="F", help="scale the object by F (0.25..4)")
     what.add_argument("--camera-yaw", type=float, metavar="DEG", help="orbit the camera: yaw in 45 degree steps")
     what.add_argument("--camera-pitch", type=float, metavar="DEG", help="orbit the camera: pitch in 15 degree steps")

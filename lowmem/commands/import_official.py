@@ -20,11 +20,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lowmem.errors import ModelFolderError
     from lowmem.models.dit_config import DiTConfig
+    from lowmem.paths import check_new_folder
+
+    # The checks that need no torch first: a wrong path is reported at once.
+    check_new_folder(args.out)
+    for flag, path in (("--dit", args.dit), ("--vae", args.vae)):
+        if not path.is_file():
+            raise ModelFolderError(f"{flag} {path} does not exist (or is not a file); pass the official file")
+    if not (args.text_encoder / "config.json").is_file():
+        raise ModelFolderError(f"--text-encoder {args.text_encoder} holds no config.json; pass the Qwen3-VL-8B-Instruct folder")
+    config = DiTConfig.from_file(args.config) if args.config else None
+
     from lowmem.models.official_import import import_official
     from lowmem.offload import parse_bytes
 
-    config = DiTConfig.from_file(args.config) if args.config else None
     out = import_official(args.dit, args.vae, args.text_encoder, args.out, lora=args.lora, config=config,
                           shard_bytes=parse_bytes(args.shard_size), progress=not args.no_progress)
     print(f"wrote {out}: use it as --model, or quantize it first with `lowmem quantize {out} --scheme nf4 --out ...`")

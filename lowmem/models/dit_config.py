@@ -10,6 +10,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lowmem.errors import ModelFolderError
+from lowmem.json_files import read_json_object
+
 
 @dataclass(frozen=True)
 class DiTConfig:
@@ -51,15 +54,42 @@ class DiTConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "DiTConfig":
+        """The config from its JSON fields (unknown ones ignored); ValueError for a value of the wrong
+        type or range."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        for key in ("patch_size", "rope_dim_list"):
-            if key in known:
-                known[key] = tuple(known[key])
+        for key, value in known.items():
+            known[key] = _checked(key, value, getattr(cls, key))
         return cls(**known)
 
     @classmethod
     def from_file(cls, path: Path) -> "DiTConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        data = read_json_object(path, "write it from the official config, or remove it to use the released 16B one")
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ModelFolderError(f"{path}: {exc}") from None
+
+
+def _checked(key: str, value, default):
+    """`value` of the config field `key`, of the type of its `default` (positive for numbers)."""
+    def positive_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(default) or not all(positive_int(v) for v in value):
+            raise ValueError(f"{key} must be a list of {len(default)} positive integers, got {value!r}")
+        return tuple(value)
+    if isinstance(default, bool) or isinstance(default, str):
+        if type(value) is not type(default):
+            raise ValueError(f"{key} must be a {type(default).__name__}, got {value!r}")
+    elif isinstance(default, int):
+        if not positive_int(value):
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ValueError(f"{key} must be a positive number, got {value!r}")
+        return float(value)
+    return value
 
 
 FULL_DIT_CONFIG = DiTConfig()

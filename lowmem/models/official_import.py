@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from lowmem.errors import CorruptCheckpointError, ModelFolderError
+from lowmem.json_files import read_json_object
 from lowmem.models.dit import build_dit
 from lowmem.models.dit_config import DiTConfig
 from lowmem.models.layout import DIT_INDEX, open_model_folder
@@ -74,8 +75,11 @@ class LoRA:
         config_file, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
         if not config_file.is_file() or not weights.is_file():
             raise ModelFolderError(f"LoRA folder {folder} needs adapter_config.json and adapter_model.safetensors")
-        config = json.loads(config_file.read_text())
-        rank, alpha = config["r"], config.get("lora_alpha", config["r"])
+        config = read_json_object(config_file, "pass the PEFT LoRA folder of the release")
+        rank, alpha = config.get("r"), config.get("lora_alpha", config.get("r"))
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (rank, alpha)):
+            raise ModelFolderError(f"{config_file} needs a positive rank 'r' (and 'lora_alpha'), got r={rank!r}, "
+                                   f"lora_alpha={alpha!r}")
         self.scale = alpha / (rank**0.5 if config.get("use_rslora") else rank)
         self.pairs: dict[str, dict[str, torch.Tensor]] = {}
         try:
