@@ -6,7 +6,6 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from lowmem.batch import REPORT_NAME, BatchDriver, BatchSettings, Job, read_jobs
 from lowmem.commands.edit_args import add_edit_arguments
 from lowmem.errors import OutputPathError
 
@@ -16,7 +15,7 @@ HELP = "run many edits from a JSON-lines jobs file (resumable; in this process o
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("jobs", type=Path, help='jobs file: one JSON object per line, the `lowmem edit` flags as fields, '
                                                 'e.g. {"image": "a.png", "rotate": "back", "seed": 1, "name": "a-back.png"}')
-    parser.add_argument("--out", required=True, type=Path, help=f"output folder (created; holds the images and {REPORT_NAME})")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (created; holds the images and the batch report)")
     parser.add_argument("--model", required=True, type=Path, help="model folder (official layout or `lowmem quantize` output)")
     parser.add_argument("--device", help="compute device (default: cuda when available, else cpu)")
     parser.add_argument("--budget", help="memory budget of each worker's device, e.g. 24GB or 'auto' (default on a GPU: auto)")
@@ -32,10 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lowmem.models.layout import open_model_folder
+
     if not args.out.parent.is_dir():
         raise OutputPathError(f"output folder {args.out.parent} does not exist; create it first")
     if args.out.exists() and not args.out.is_dir():
         raise OutputPathError(f"--out {args.out} is a file; give a folder")
+    open_model_folder(args.model)  # a wrong --model is refused before any job is read
+    from lowmem.batch import BatchDriver, BatchSettings, Job, read_jobs  # not at the top: it imports torch
+
     settings = BatchSettings(model=args.model, device=args.device, budget=args.budget, preset=args.preset,
                              quantization=args.quantization, resolution=args.resolution, spot=bool(args.spot))
     jobs = read_jobs(args.jobs, args, settings.fingerprint_context())

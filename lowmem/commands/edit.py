@@ -66,11 +66,13 @@ def run(args: argparse.Namespace) -> int:
     instruction.check_box_inside(image.size)  # --move-box is in the input image's pixels
 
     from lowmem import validation
+
+    device = validation.device(args.device) if args.device else None  # imports torch only
     from lowmem.images import save_image_atomic
     from lowmem.paths import write_text_atomic
     from lowmem.pipeline import SpatialEditPipeline, default_device
 
-    device = validation.device(args.device) if args.device else default_device()
+    device = device or default_device()
     if args.preset is not None and device.type == "cpu":
         from lowmem.offload.presets import load_preset
 

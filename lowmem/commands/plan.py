@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host-ram", help="host RAM the runtime may hold/pin, e.g. 64GB")
     parser.add_argument("--spot", dest="spot", action="store_true", default=None, help="plan for SpotEdit K/V caches")
     parser.add_argument("--no-spot", dest="spot", action="store_false", help="no SpotEdit caches")
-    parser.add_argument("--guidance", type=float, default=5.0,
+    parser.add_argument("--guidance", type=cli_type(validation.guidance, "guidance"), default=5.0,
                         help="guidance scale the edit will use (default 5.0); 1 or less plans a batch of one")
     parser.add_argument("--model", type=Path, help="plan for this model folder's DiT config instead of the full 16B one")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
