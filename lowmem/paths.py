@@ -84,7 +84,7 @@ def check_new_folder(target: Path) -> None:
     if len(os.fsencode(target.name)) + len(".partial") > _name_max(target.parent):
         raise OutputPathError(f"the folder name {target.name[:40]}... is longer than this file system allows; choose a shorter one")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise OutputPathError(f"{target} already holds something; choose a new folder (nothing was changed)")
+        raise OutputPathError(f"{target} already holds something (it is not empty); choose a new folder (nothing was changed)")
 
 
 @contextmanager
