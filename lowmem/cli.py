@@ -13,11 +13,12 @@ from typing import Optional, Sequence
 
 import torch
 
-from lowmem.commands import batch, demo, doctor, edit, import_official, plan, quantize
+from lowmem.commands import batch, demo, doctor, edit, import_official, plan, quantize, train_tiny
 from lowmem.errors import LowmemError
 
 COMMANDS = {
     "edit": edit, "batch": batch, "demo": demo, "plan": plan, "quantize": quantize, "doctor": doctor, "import": import_official,
+    "train-tiny": train_tiny,
 }
 
 
