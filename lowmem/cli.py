@@ -20,6 +20,7 @@ from lowmem.errors import LowmemError
 
 COMMANDS = {  # name -> module in lowmem.commands
     "edit": "edit", "batch": "batch", "demo": "demo", "plan": "plan", "quantize": "quantize", "doctor": "doctor", "import": "import_official",
+    "train-tiny": "train_tiny",
 }
 
 

@@ -26,3 +26,20 @@ def guided_velocity(v_uncond: torch.Tensor, v_cond: torch.Tensor, guidance: floa
 def step_velocity(v: torch.Tensor, guidance: float) -> torch.Tensor:
     """The step's velocity from the DiT output of a `guidance_batch(guidance)`-row batch."""
     return guided_velocity(v[:1], v[1:], guidance) if guidance_batch(guidance) == 2 else v
+
+
+class BatchedGuidance:
+    """How a denoising step gets its guided velocity: both CFG rows in this process, as one DiT batch.
+
+    The pipeline asks its strategy which text rows to run (`select`), how many rows a forward has
+    (`rows`) and how the DiT output becomes the step's velocity (`velocity`);
+    `lowmem.parallel.CFGParallel` runs one row per process and exchanges the velocities instead."""
+
+    def rows(self, guidance: float) -> int:
+        return guidance_batch(guidance)
+
+    def select(self, states: torch.Tensor, padding):
+        return states, padding
+
+    def velocity(self, v: torch.Tensor, guidance: float) -> torch.Tensor:
+        return step_velocity(v, guidance)

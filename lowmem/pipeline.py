@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from lowmem import validation
 from lowmem.errors import LowmemError
-from lowmem.guidance import guidance_batch, step_velocity
+from lowmem.guidance import BatchedGuidance, guidance_batch
 from lowmem.images import fit_bucket, load_image, to_model_tensor, to_pil
 from lowmem.instructions import EditInstruction
 from lowmem.models.conditioner import QwenVLConditioner
@@ -64,6 +64,7 @@ class SpatialEditPipeline:
         self.device = device
         self.dtype = dtype
         self.offload = None  # lowmem.offload.OffloadRuntime when loaded with a memory budget
+        self.cfg_strategy = BatchedGuidance()  # where the CFG rows run: here, or one per rank (lowmem.parallel)
         self.closed = False
 
     def close(self) -> None:
@@ -150,7 +151,7 @@ class SpatialEditPipeline:
 
             raise BudgetError(f"this pipeline was planned for {self.offload.plan.resolution}px edits; load it with "
                               f"resolution={resolution} (or --resolution {resolution}) to edit at {resolution}px")
-        if self.offload is not None and guidance_batch(guidance) > self.offload.plan.batch:
+        if self.offload is not None and self.cfg_strategy.rows(guidance) > self.offload.plan.batch:
             from lowmem.offload import BudgetError
 
             raise BudgetError(f"this pipeline was planned for guidance <= 1 (one DiT row per step); load it with "
@@ -172,7 +173,7 @@ class SpatialEditPipeline:
             states, mask = self.conditioner.encode([source], instruction.text,
                                                    unconditional=guidance_batch(guidance) == 2)
             # The padding of [uncond ; cond] is read here, once per edit, not in every DiT forward.
-            states, mask = states.to(self.device), TextPadding.from_mask(mask)
+            states, mask = self.cfg_strategy.select(states.to(self.device), TextPadding.from_mask(mask))
         with report.phase("encode image", announce=progress):
             condition = self.vae.encode(to_model_tensor(source).to(self.device), generator=generator)
         spotting = spot is not None and spot.enabled
@@ -181,7 +182,7 @@ class SpatialEditPipeline:
                 if offload and spot.cache_device is None:
                     spot = replace(spot, cache_device=offload.spot_cache_device())
                 latents, outcome = spot_denoise(self.dit, self.vae, condition, states, mask, steps, guidance, generator,
-                                                spot, self.device, self.dtype, progress)
+                                                spot, self.device, self.dtype, progress, self.cfg_strategy)
                 report.extra.update(outcome.report_items())
             else:
                 latents, outcome = self.denoise(condition, states, mask, steps, guidance, generator, progress), None
@@ -206,11 +207,11 @@ class SpatialEditPipeline:
         scheduler = make_scheduler(steps)
         x = torch.randn(condition.shape, generator=generator, dtype=torch.float32).to(self.device)
         condition = condition.float()
-        batch = guidance_batch(guidance)  # [uncond ; cond], or the conditional alone at guidance <= 1
+        batch = self.cfg_strategy.rows(guidance)  # [uncond ; cond], or one of them (guidance <= 1, CFG parallel)
         for t in tqdm(scheduler.timesteps, desc="denoise", disable=not progress, leave=False):
             items = torch.stack((condition, x), dim=1).expand(batch, -1, -1, -1, -1, -1)
             timestep = t.to(self.device, torch.float32).expand(batch)
             v = self.dit(items.to(self.dtype), timestep, states, mask).float()
-            v = step_velocity(v, guidance)
+            v = self.cfg_strategy.velocity(v, guidance)
             x = scheduler.step(v, t, x).prev_sample
         return x

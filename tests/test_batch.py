@@ -15,47 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from batch_jobs import batch_command, expected_image, read_report, write_jobs
+
 GOOD_JOBS = [
     {"image": "scene.png", "rotate": "left", "seed": 1, "name": "left.png"},
     {"image": "scene.png", "instruction": "make the square blue", "seed": 2},
     {"image": "scene.png", "move_box": [4, 4, 30, 30], "seed": 3, "steps": 1},
     {"image": "scene.png", "zoom": "in", "seed": 4, "name": "zoom.png"},
 ]
-
-
-def batch_command(jobs: Path, out: Path, model: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "lowmem", "batch", str(jobs), "--out", str(out), "--model", str(model),
-            "--steps", "2", "--resolution", "64", "--device", "cpu", *extra]
-
-
-def write_jobs(folder: Path, scene: Image.Image | None, jobs: list) -> Path:
-    if scene is not None:
-        scene.save(folder / "scene.png")
-    path = folder / "jobs.jsonl"
-    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in jobs))
-    return path
-
-
-def read_report(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "report.jsonl").read_text().splitlines()]
-
-
-def expected_image(pipeline, folder: Path, job: dict) -> np.ndarray:
-    """The image `lowmem edit` makes for this job (the same pipeline call)."""
-    from lowmem.commands.edit_args import instruction_from_args
-    from lowmem.commands.edit import add_arguments
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    argv = ["--model", "m", "--image", "i", "--out", "o"]
-    for key, value in job.items():
-        if key not in ("image", "name"):
-            argv += [f"--{key.replace('_', '-')}", ",".join(map(str, value)) if isinstance(value, list) else str(value)]
-    args = parser.parse_args(argv)
-    result = pipeline.edit(folder / job["image"], instruction_from_args(args), steps=job.get("steps", 2),
-                           seed=job["seed"], resolution=64, progress=False)
-    return np.asarray(result.image)
 
 
 def test_batch_runs_every_job_reports_bad_ones_and_matches_edit(tiny_model, tiny_pipeline, scene, tmp_path):

@@ -210,3 +210,18 @@ def test_pinned_host_ram_counts_every_pinned_copy():
     small_host = plan_for(FULL_DIT_CONFIG, "24GB", 1024, quantization="bf16", spotedit=True, device="cuda", host_ram="48GB")
     assert any("pins" in note and "host RAM" in note for note in small_host.notes)
     assert plan_for(FULL_DIT_CONFIG, "24GB", 1024, quantization="bf16", device="cpu").pinned_host == {}
+
+
+def test_spotedit_plans_count_what_the_selector_keeps():
+    """The selector's stage copy and the condition's features stay on the device through denoising:
+    the plan counts them as traced from a real SpotSelector on `meta`."""
+    import torch
+
+    from lowmem.models.dit_config import FULL_DIT_CONFIG
+    from lowmem.models.vae import FULL_VAE_CONFIG
+    from lowmem.offload import phase_peaks as peaks
+
+    plan = plan_for(FULL_DIT_CONFIG, preset="rtx4090-24gb")
+    kept = plan.estimate.phases["denoise"]["spotedit selector state"]
+    assert kept == peaks.selector_state(peaks.vae_config_key(FULL_VAE_CONFIG), 1024, torch.bfloat16)
+    assert 80 * 2**20 < kept < 200 * 2**20  # ~30 MB of bf16 stages + ~100 MB of float32 features at 1024²

@@ -26,10 +26,11 @@ def traced_live_bytes(plan, phase: str) -> int:
     res, text, batch = plan.resolution, plan.text_tokens, plan.batch
     if phase == "denoise":
         runs = [peaks.dit_forward(FULL_DIT_CONFIG, precision, dtype, res, text, batch)]
-        if plan.spotedit.enabled:
-            shape = (FULL_DIT_CONFIG, precision, dtype, res, text, batch)
-            runs += [peaks.spot_step(*shape, 0.3), peaks.spot_step(*shape, 0.0), peaks.selector(VAE, res)]
-        return max(runs)
+        if not plan.spotedit.enabled:
+            return max(runs)
+        shape = (FULL_DIT_CONFIG, precision, dtype, res, text, batch)
+        runs += [peaks.spot_step(*shape, 0.3), peaks.spot_step(*shape, 0.0), peaks.selector(VAE, res)]
+        return max(runs) + peaks.selector_state(VAE, res, dtype)  # the selector's copy of the stages, held throughout
     if phase == "encode image":
         return peaks.vae_encode(VAE, res)
     if phase == "decode":

@@ -9,9 +9,8 @@ from lowmem.batch.execute import BatchSettings, execute, load_pipeline
 def run_in_process(driver: BatchDriver, settings: BatchSettings) -> None:
     if not driver.pending:
         return
-    pipe = load_pipeline(settings)
-    if pipe.offload is not None:
-        print(f"plan: {pipe.offload.plan.summary()}")
-    with driver:
+    with load_pipeline(settings) as pipe, driver:
+        if pipe.offload is not None:
+            print(f"plan: {pipe.offload.plan.summary()}")
         for job in driver.pending:
             driver.finish(job, execute(pipe, job, settings))

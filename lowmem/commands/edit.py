@@ -6,10 +6,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 from lowmem.commands.edit_args import add_edit_arguments, instruction_from_args, spot_from_args
 from lowmem.errors import OutputPathError
 from lowmem.paths import check_distinct, check_output_path
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from lowmem.instructions import EditInstruction
+    from lowmem.parallel import CFGParallel
 
 HELP = "edit an image with a SpatialEdit model folder (original or quantized)"
 REPORT_KEYS = {"device", "steps", "phase_seconds"}  # what marks a file as an earlier run report
@@ -28,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="hardware preset from offload_plans/ (e.g. rtx4090-24gb)")
     parser.add_argument("--quantization", choices=("int8", "nf4"),
                         help="quantize an original model folder while loading (a `lowmem quantize` folder needs no flag)")
+    parser.add_argument("--parallel", choices=("cfg",),
+                        help="cfg: the unconditional and conditional branches on two processes (GPUs) exchanging "
+                             "velocities each step; launch with `torchrun --nproc-per-node 2 -m lowmem edit ...`")
     add_edit_arguments(parser)
 
 
@@ -64,15 +74,26 @@ def run(args: argparse.Namespace) -> int:
     open_model_folder(args.model)
     image = load_image(args.image)
     instruction.check_box_inside(image.size)  # --move-box is in the input image's pixels
+    if args.parallel != "cfg":
+        return edit_one(args, instruction, image)
+    from lowmem.parallel import cfg_parallel
 
+    with cfg_parallel(args.device, args.guidance) as cfg:
+        return edit_one(args, instruction, image, cfg)
+
+
+def edit_one(args: argparse.Namespace, instruction: "EditInstruction", image: "Image.Image",
+             cfg: Optional["CFGParallel"] = None) -> int:
+    """One edit; with `cfg`, this process's CFG row of it (rank 0 prints and saves)."""
     from lowmem import validation
 
-    device = validation.device(args.device) if args.device else None  # imports torch only
+    device = cfg.device if cfg else validation.device(args.device) if args.device else None  # imports torch only
     from lowmem.images import save_image_atomic
     from lowmem.paths import write_text_atomic
     from lowmem.pipeline import SpatialEditPipeline, default_device
 
     device = device or default_device()
+    leader = cfg is None or cfg.rank == 0
     if args.preset is not None and device.type == "cpu":
         from lowmem.offload.presets import load_preset
 
@@ -85,11 +106,15 @@ def run(args: argparse.Namespace) -> int:
         args.budget = "auto"  # on a GPU, plan for the memory that is free instead of failing with out-of-memory
     pipe = SpatialEditPipeline.from_folder(args.model, device=device, memory_budget=args.budget, preset=args.preset,
                                            resolution=args.resolution, quantization=args.quantization, spot=bool(args.spot),
-                                           guidance=args.guidance)
-    if pipe.offload is not None:
+                                           guidance=1.0 if cfg else args.guidance)  # a CFG-parallel rank runs one row
+    if cfg:
+        pipe.cfg_strategy = cfg
+    if pipe.offload is not None and leader:
         print(f"plan: {pipe.offload.plan.summary()}")
     result = pipe.edit(image, instruction, steps=args.steps, guidance=args.guidance, seed=args.seed, resolution=args.resolution,
-                       spot=spot_from_args(args))
+                       spot=spot_from_args(args), progress=leader)
+    if not leader:
+        return 0
     save_image_atomic(result.image, args.out, overwrite=args.overwrite)
     if args.report:
         write_text_atomic(args.report, result.report.to_json())

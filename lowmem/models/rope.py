@@ -69,10 +69,10 @@ def apply_rope(
         cos, sin = cos[:, :, None, 0::2], sin[:, :, None, 0::2]
     out = torch.empty_like(x) if out is None else out
     even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
-    out_even, out_odd = out.unflatten(-1, (-1, 2)).unbind(-1)
-    for target, straight, crossed, sign in ((out_even, even, odd, -1), (out_odd, odd, even, 1)):
+    for first, straight, crossed, sign in ((0, even, odd, -1), (1, odd, even, 1)):
         rotated = straight * cos  # float32: the tables are float32
         rotated.add_(crossed * sin, alpha=sign)
-        target.copy_(rotated)
+        # A strided view taken right before its write: autograd (training) accepts that in-place copy.
+        out[..., first::2].copy_(rotated)
         del rotated
     return out

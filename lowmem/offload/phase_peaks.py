@@ -35,7 +35,7 @@ import torch
 
 from lowmem.models.dit import SpatialEditDiT, build_dit
 from lowmem.models.dit_config import DiTConfig
-from lowmem.offload.live_bytes import trace_peak
+from lowmem.offload.live_bytes import LiveBytes, trace_peak
 
 META = torch.device("meta")
 TRACED_DIT_DEPTH = 2
@@ -160,6 +160,22 @@ def spot_call(model: SpatialEditDiT, resolution: int, text_tokens: int, batch: i
 def selector(vae_config: tuple, resolution: int) -> int:
     """Peak bytes of SpotEdit's selector score (the early VAE decoder stages over the whole latent)."""
     return trace_peak(selector_call(vae_config, resolution))
+
+
+@lru_cache(maxsize=32)
+def selector_state(vae_config: tuple, resolution: int, dtype: torch.dtype) -> int:
+    """Bytes a SpotSelector keeps through the denoise phase: its copy of the score stages in the
+    compute `dtype` and the condition's cached features (traced: what is still alive once built)."""
+    from lowmem.spotedit.selector import SpotSelector
+
+    vae = traced_vae(vae_config)
+    side = resolution // VAE_SCALE
+    condition = torch.empty(1, vae.module.config.z_dim, 1, side, side, device=META, dtype=vae.dtype)
+    with torch.no_grad(), LiveBytes() as tracer:
+        selector = SpotSelector(vae, condition, threshold=0.15, dtype=dtype)
+        kept = tracer.live
+    del selector
+    return kept
 
 
 def selector_call(vae_config: tuple, resolution: int) -> Callable[[], Any]:

@@ -180,6 +180,8 @@ class _Sizes:
             denoise["spotedit step (1 token active)"] = peaks.spot_step(*shape, 0.0)
             denoise["spotedit selector"] = peaks.selector(vae_key, res)
         self.traced["denoise"] = denoise
+        # Held through the whole denoise phase, beside every step's activations.
+        self.selector_state = peaks.selector_state(self.vae_key(a, full), res, dtype) if a.spotedit else 0
         from lowmem.spotedit.footprint import spot_cache_bytes
 
         self.cache_per_block = (spot_cache_bytes(config, self.image_tokens, "device", batch=batch, dtype=dtype).block
@@ -242,7 +244,7 @@ def _solve(a: _Args) -> Plan:
     from lowmem.spotedit.cache import CACHE_SLOTS as cache_slots
 
     def resident_count(cache_on_device: bool, slots: int) -> int:
-        caches = sizes.cache_per_block * (n if cache_on_device else cache_slots)
+        caches = sizes.cache_per_block * (n if cache_on_device else cache_slots) + sizes.selector_state
         # The resident set must fit both while denoising and while decoding (smallest VAE tile).
         fixed = reserve + other + vae_weights + max(with_slack(dit_act) + caches, with_slack(smallest_decode))
         room = usable - fixed - slots * block
@@ -297,6 +299,7 @@ def _solve(a: _Args) -> Plan:
                "vae weights": vae_weights}
     if a.spotedit:
         denoise["spotedit caches"] = caches_device
+        denoise["spotedit selector state"] = sizes.selector_state
     base_decode = reserve + other + dit_resident + slot_bytes + vae_weights
     tile = a.vae_tile
     untiled = sizes.decode(a.resolution, None)

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from lowmem.guidance import guidance_batch, step_velocity
+from lowmem.guidance import BatchedGuidance
 from lowmem.models.dit import SpatialEditDiT
 from lowmem.models.scheduler import make_scheduler
 from lowmem.models.vae import WanVAE
@@ -79,8 +79,11 @@ def spot_denoise(
     device: torch.device,
     dtype: torch.dtype,
     progress: bool = True,
+    cfg: Optional[BatchedGuidance] = None,
 ) -> tuple[torch.Tensor, SpotOutcome]:
-    """`SpatialEditPipeline.denoise` with SpotEdit; same noise and full steps as the plain loop."""
+    """`SpatialEditPipeline.denoise` with SpotEdit; same noise and full steps as the plain loop. `cfg`: where
+    the CFG rows run (default: both here); under CFG parallel each rank caches the K/V of its own row,
+    and the guided velocity, hence the selector's mask, is the same on every rank."""
 
     model = dit if hasattr(dit, "partial") and hasattr(dit, "new_cache") else DiTSpotModel(dit)
     scheduler = make_scheduler(steps)
@@ -92,7 +95,8 @@ def spot_denoise(
     cache: Optional[SpotKVCache] = None
     edited: Optional[torch.Tensor] = None  # active mask for the coming step
     outcome = SpotOutcome()
-    batch = guidance_batch(guidance)  # [uncond ; cond], or the conditional alone at guidance <= 1
+    cfg = cfg or BatchedGuidance()
+    batch = cfg.rows(guidance)  # [uncond ; cond], or one of them (guidance <= 1, CFG parallel)
 
     for i, t in enumerate(tqdm(scheduler.timesteps, desc="denoise (spot)", disable=not progress, leave=False)):
         sigma = float(scheduler.sigmas[i])
@@ -105,7 +109,7 @@ def spot_denoise(
         if spot_step:
             active = edited.flatten().nonzero().squeeze(1)  # DiTSpotModel.partial moves it to the device
             v = model.partial(items.to(dtype), timestep, states, mask, active, cache, fusion_alpha(sigma)).float()
-            v = step_velocity(v, guidance)
+            v = cfg.velocity(v, guidance)
             reuse = tokens_to_latent(~edited).to(device)
             v = torch.where(reuse, (x - condition) / sigma, v)
             outcome.active_fraction.append(active.numel() / edited.numel())
@@ -114,7 +118,7 @@ def spot_denoise(
             if record and cache is None:
                 cache = model.new_cache(config.cache_device)
             v = model.full(items.to(dtype), timestep, states, mask, cache if record else None).float()
-            v = step_velocity(v, guidance)
+            v = cfg.velocity(v, guidance)
             outcome.active_fraction.append(1.0)
             outcome.full_steps.append(i)
         last_chance = i + 1 == steps and edited is None and i + 1 >= initial  # no segment chose a region

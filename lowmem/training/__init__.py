@@ -1,0 +1,5 @@
+"""Training the tiny SpatialEdit on rendered scenes (`lowmem train-tiny`)."""
+
+from lowmem.training.tiny_model import HELD_OUT_SEEDS, TRAINED_DIT_CONFIG, TrainingSettings, train_tiny_model
+
+__all__ = ["HELD_OUT_SEEDS", "TRAINED_DIT_CONFIG", "TrainingSettings", "train_tiny_model"]
