@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise OutputPathError(f"output folder {args.out.parent} does not exist; create it first")
     if args.out.exists() and not args.out.is_dir():
         raise OutputPathError(f"--out {args.out} is a file; give a folder")
-    settings = BatchSettings(model=args.model, device=args.device, budget=args.budget, preset=args.preset,
+    settings = BatchSettings(model=args.model.resolve(), device=args.device, budget=args.budget, preset=args.preset,
                              quantization=args.quantization, resolution=args.resolution, spot=bool(args.spot))
     jobs = read_jobs(args.jobs, args, settings.fingerprint_context())
     guidances = [job.guidance for job in jobs if isinstance(job, Job)]
