@@ -79,13 +79,15 @@ def test_two_gloo_ranks_make_the_single_process_image(tiny_model, tiny_pipeline,
     assert report["guidance"] == 5.0 and report["steps"] == 3
 
 
-def test_spotedit_composes_with_cfg_parallel(tiny_model, tiny_pipeline, scene, tmp_path):
+def test_spotedit_and_a_budget_compose_with_cfg_parallel(tiny_model, tiny_pipeline, scene, tmp_path):
     scene.save(tmp_path / "scene.png")
     # the random tiny model scores ~1.2-1.9 everywhere: this threshold skips part of the 4x4 tokens
     spot = ["--spot", "--spot-threshold", "1.6", "--spot-dilation", "0"]
-    run = torchrun_edit(tiny_model, tmp_path / "scene.png", tmp_path / "cfg.png", *spot, "--steps", "6")
+    # Under a budget too: each rank plans its own pipeline for one CFG row per forward.
+    run = torchrun_edit(tiny_model, tmp_path / "scene.png", tmp_path / "cfg.png", *spot, "--steps", "6", "--budget", "300MB")
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((tmp_path / "cfg.json").read_text())["extra"]
+    assert report["plan"].startswith("dit fp32") and "of 300.00 MB" in report["plan"], report
 
     from lowmem.instructions import rotate
     from lowmem.spotedit import SpotConfig

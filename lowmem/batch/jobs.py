@@ -135,7 +135,8 @@ def parse_job(text: str, line: int, defaults: argparse.Namespace, base: Path, co
 
 
 def read_jobs(path: Path, defaults: argparse.Namespace, context: dict) -> list[Union[Job, BadJob]]:
-    """Every non-blank line of `path` as a Job or a BadJob; relative image paths start at the file's folder.
+    """Every non-blank line of `path` as a Job or a BadJob; relative image paths start at the file's folder
+    (made absolute: a Ray worker's working directory is not this one).
     Two jobs writing the same output name: the later one is a BadJob."""
     if not path.is_file():
         raise JobError(f"jobs file {path} does not exist")
@@ -145,7 +146,7 @@ def read_jobs(path: Path, defaults: argparse.Namespace, context: dict) -> list[U
         if not text.strip():
             continue
         try:
-            job = parse_job(text, line, defaults, path.parent, context)
+            job = parse_job(text, line, defaults, path.resolve().parent, context)
         except LowmemError as exc:
             jobs.append(BadJob(line, _given_name(text), str(exc)))
             continue

@@ -64,8 +64,12 @@ def _start_workers(ray, settings: BatchSettings, workers: Optional[int]) -> list
     on_gpu = gpus > 0 and settings.device in (None, "cuda")
     options = {"num_gpus": 1, "num_cpus": 1} if on_gpu else {"num_cpus": max(1, cpus // workers)}
     actors = [ray.remote(**options)(BatchWorker).remote(settings) for _ in range(workers)]
-    loaded = []
-    for actor, (name, error) in zip(actors, ray.get([actor.ready.remote() for actor in actors])):
+    loaded, error = [], None
+    for actor, ready in [(actor, actor.ready.remote()) for actor in actors]:
+        try:
+            name, error = ray.get(ready)
+        except ray.exceptions.RayActorError as exc:
+            name, error = "?", f"the worker died while loading ({type(exc).__name__})"
         if error is None:
             loaded.append(actor)
         else:

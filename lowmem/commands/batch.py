@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     open_model_folder(args.model)  # a wrong --model is refused before any job is read
     from lowmem.batch import BatchDriver, BatchSettings, Job, read_jobs  # not at the top: it imports torch
 
-    settings = BatchSettings(model=args.model, device=args.device, budget=args.budget, preset=args.preset,
+    settings = BatchSettings(model=args.model.resolve(), device=args.device, budget=args.budget, preset=args.preset,
                              quantization=args.quantization, resolution=args.resolution, spot=bool(args.spot))
     jobs = read_jobs(args.jobs, args, settings.fingerprint_context())
     guidances = [job.guidance for job in jobs if isinstance(job, Job)]

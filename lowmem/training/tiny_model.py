@@ -47,12 +47,12 @@ HELD_OUT_SEEDS = 1_000_000_000
 class TrainingSettings:
     seed: int = 0
     size: int = 64  # rendered images are size x size; the demo edits at this resolution
-    pairs: int = 1500
-    vae_steps: int = 600
+    pairs: int = 1000
+    vae_steps: int = 400
     vae_batch: int = 8
     vae_lr: float = 2e-3
-    dit_steps: int = 3000
-    dit_batch: int = 32
+    dit_steps: int = 1500
+    dit_batch: int = 16
     dit_lr: float = 1e-3
     dit_config: DiTConfig = field(default=TRAINED_DIT_CONFIG)
 
