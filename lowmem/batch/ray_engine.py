@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter, deque
+from dataclasses import replace
 from typing import Optional
 
 from lowmem.batch.driver import BatchDriver
@@ -61,8 +62,10 @@ def _start_workers(ray, settings: BatchSettings, workers: Optional[int]) -> list
         workers = gpus
     if workers < 1:
         raise RayEngineError(f"--workers must be at least 1, got {workers}")
-    on_gpu = gpus > 0 and settings.device in (None, "cuda")
+    on_gpu = gpus > 0 and (settings.device is None or settings.device.startswith("cuda"))
     options = {"num_gpus": 1, "num_cpus": 1} if on_gpu else {"num_cpus": max(1, cpus // workers)}
+    if on_gpu:
+        settings = replace(settings, device="cuda")  # the one GPU Ray makes visible to each worker
     actors = [ray.remote(**options)(BatchWorker).remote(settings) for _ in range(workers)]
     loaded, error = [], None
     for actor, ready in [(actor, actor.ready.remote()) for actor in actors]:
