@@ -44,3 +44,19 @@ def quantized_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) 
     out = tmp_path_factory.mktemp("quantized") / "nf4"
     assert main(["quantize", str(tiny_model), "--scheme", "nf4", "--out", str(out), "--no-progress"]) == 0
     return out
+
+
+@pytest.fixture
+def image_file(scene, tmp_path: Path) -> Path:
+    """The `scene` saved as a PNG file."""
+    path = tmp_path / "in.png"
+    scene.save(path)
+    return path
+
+
+@pytest.fixture
+def model_copy(tiny_model: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny model folder, to damage."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_model, tmp_path / "model"))

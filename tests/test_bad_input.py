@@ -23,18 +23,6 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture
-def image_file(scene, tmp_path: Path) -> Path:
-    path = tmp_path / "in.png"
-    scene.save(path)
-    return path
-
-
-@pytest.fixture
-def model_copy(tiny_model: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(tiny_model, tmp_path / "model"))
-
-
 def edit(model: Path, image: Path, out: Path, *extra: str) -> list[str]:
     return ["edit", "--model", str(model), "--image", str(image), "--out", str(out), "--steps", "1", "--resolution", "64",
             *(extra or ("--rotate", "left"))]

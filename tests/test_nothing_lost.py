@@ -30,20 +30,6 @@ def deadline():
     signal.signal(signal.SIGALRM, previous)
 
 
-@pytest.fixture
-def image_file(scene, tmp_path: Path) -> Path:
-    path = tmp_path / "in.png"
-    scene.save(path)
-    return path
-
-
-@pytest.fixture
-def model_copy(tiny_model: Path, tmp_path: Path) -> Path:
-    import shutil
-
-    return Path(shutil.copytree(tiny_model, tmp_path / "model"))
-
-
 def edit(model: Path, image: Path, out: Path, *extra: str) -> list[str]:
     return ["edit", "--model", str(model), "--image", str(image), "--out", str(out), "--steps", "1",
             "--resolution", "64", "--rotate", "left", "--device", "cpu", *extra]
