@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from lowmem.errors import CorruptCheckpointError, LowmemError
+from lowmem.host_memory import return_freed_memory
 from lowmem.models.layout import open_model_folder
 from lowmem.paths import check_new_folder, exclusive_lock
 from lowmem.models.vae import load_folder_vae
@@ -76,22 +77,6 @@ def quantize_tensors(
             entry = {"scheme": "none", "shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch.")}
             yield name, {name: tensor}, entry
         del tensor
-
-
-def _return_freed_memory() -> None:
-    """Make glibc give freed large buffers back to the OS (mmap them), and trim its heaps.
-
-    Without this, glibc raises its mmap threshold after the first few large frees and keeps the
-    quantization temporaries of every block in fragmented heaps: RSS would creep toward the model size.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: fixed at 1 MiB (also stops its dynamic growth)
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
 
 
 def _copy_file(src: Path, dst: Path) -> None:
@@ -145,7 +130,7 @@ def _convert_locked(folder, out: Path, scheme: str, backend: str, components: tu
                     progress: bool, print_table: bool) -> dict:
     partial = out.with_name(out.name + ".partial")
 
-    _return_freed_memory()
+    return_freed_memory()
     # Every source completely (the parts copied as they are too): the exact tensor set with the
     # config's shapes, every shard readable, the VAE loadable; so a broken source never becomes a folder.
     dit_src = dit_source(folder)
@@ -215,7 +200,7 @@ def _convert_locked(folder, out: Path, scheme: str, backend: str, components: tu
             state["units"][rel] = {"sha256": sha256_file(target), "tensors": entries}
             write_json_atomic(state_file, state)
             tensors.update(entries)
-            _return_freed_memory()
+            return_freed_memory()
         parts[c] = {"quantized": True, "files": files, "tensors": tensors}
 
     # The rest of a self-contained model folder.

@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 
+from lowmem.host_memory import return_freed_memory
 from lowmem.models.dit_loading import in_block, outside_blocks
 from lowmem.models.layout import ModelFolder
 from lowmem.models.vae import load_folder_vae
@@ -65,4 +66,5 @@ def load_under_plan(
     for index in plan.dit.resident_blocks:
         fill(in_block(index))
     runtime = OffloadRuntime(plan, dit, vae, conditioner, device, block_source=lambda index, _block: fill(in_block(index)))
+    return_freed_memory()  # what reading the checkpoint left in glibc's heaps
     return dit, vae, conditioner, runtime

@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import nn
 
+from lowmem.host_memory import return_freed_memory
 from lowmem.offload.arena import PinnedArena, arena_bytes
 from lowmem.offload.packing import BlockLayout, placeholders_for
 from lowmem.offload.reader import Job, ReaderThread
@@ -89,6 +90,8 @@ class BlockStreamer:
                 source(i, blocks[i])
             self.store.put(i, self.layouts[i])
             self.layouts[i].park(self.placeholders)
+            if source is not None:
+                return_freed_memory()  # the block was read just for its store: RAM holds the store, not the model
         n = len(self.streamed)
         self.num_slots = max(1, min(slots, n)) if n else 0
         self.depth = max(0, min(depth, self.num_slots - 1)) if n else 0
