@@ -11,7 +11,8 @@ from diffusers import AutoencoderKLWan
 from lowmem.cli import main
 from lowmem.models.dit_loading import read_dit_config
 from lowmem.models.layout import open_model_folder
-from lowmem.models.vae import TINY_VAE_CONFIG
+from lowmem.images import to_model_tensor
+from lowmem.models.vae import TINY_VAE_CONFIG, WanVAE
 from lowmem.pipeline import SpatialEditPipeline
 from lowmem.scenes import render_pair
 from lowmem.training import HELD_OUT_SEEDS, TRAINED_DIT_CONFIG
@@ -52,6 +53,16 @@ def test_folder_loads_through_the_real_code_and_edits(trained):
         result = pipe.edit(pair.source.image, pair.instruction, steps=2, guidance=2.0, resolution=64, progress=False)
     assert result.image.size == (64, 64)
     assert result.input_image.getpixel(pair.instruction.box[:2]) == (255, 0, 0)
+
+
+def test_the_trained_vae_posterior_is_not_noise(trained):
+    """A posterior sample is what the pipeline encodes: its noise must be small next to the latents."""
+    config = json.loads((trained / "vae" / "config.json").read_text())
+    module = WanVAE.from_file(trained / "vae" / "Wan2.1_VAE.safetensors", config=config).module
+    image = to_model_tensor(render_pair(HELD_OUT_SEEDS, "zoom", size=64).target.image)
+    with torch.no_grad():
+        posterior = module.encode(image.unsqueeze(2)).latent_dist
+    assert float(posterior.std.mean()) < 0.05 * float(posterior.mean.std())
 
 
 def test_an_existing_output_is_refused_and_left_alone(tmp_path, capsys):

@@ -22,6 +22,7 @@ from lowmem.training.schedule import LossLog, warmup_cosine
 from lowmem.training.single_frame import single_frame_convolutions
 
 KL_WEIGHT = 1e-6
+INITIAL_LOG_VARIANCE = -10.0  # posterior std e^-5 ~ 0.007 at the start
 
 
 @dataclass
@@ -36,6 +37,7 @@ def train_autoencoder(images: torch.Tensor, steps: int, batch: int, lr: float, s
     """Train a tiny AutoencoderKLWan on `images` (N, 3, H, W) in [-1, 1]."""
     torch.manual_seed(seed)
     module = AutoencoderKLWan(**copy.deepcopy(TINY_VAE_CONFIG)).train()
+    start_with_quiet_posterior(module)
     optimizer = torch.optim.Adam(module.parameters(), lr=lr)
     schedule = warmup_cosine(optimizer, steps, warmup=max(1, steps // 20))
     rng = np.random.default_rng(seed)
@@ -57,6 +59,20 @@ def train_autoencoder(images: torch.Tensor, steps: int, batch: int, lr: float, s
         module.eval().requires_grad_(False)
         config = {**copy.deepcopy(TINY_VAE_CONFIG), **latent_statistics(module, images, seed)}
     return AutoencoderResult(module=module, config=config, losses=log.finish())
+
+
+@torch.no_grad()
+def start_with_quiet_posterior(module: AutoencoderKLWan, log_variance: float = INITIAL_LOG_VARIANCE) -> None:
+    """Make the posterior's log-variance start at `log_variance` for every input.
+
+    With diffusers' default init the encoder's means are small and its log-variance is about 0, so a
+    posterior sample is mostly unit noise: the decoder learns to ignore the latents and draws the
+    mean scene (a 400-batch run did exactly that), and the pipeline, which encodes a sample, would
+    see noise as large as the signal. Starting the noise small lets the reconstruction loss use the
+    latents from the first batch; the KL term may still raise it."""
+    z_dim = module.config.z_dim
+    module.quant_conv.weight[z_dim:].zero_()
+    module.quant_conv.bias[z_dim:].fill_(log_variance)
 
 
 @torch.no_grad()
