@@ -21,11 +21,13 @@ MEDIUM = DiTConfig(hidden_size=512, heads_num=8, mm_double_blocks_depth=16, text
 @pytest.mark.slow
 def test_budgeted_edit_peak_rss_stays_near_a_third_of_the_weights(tmp_path, scene):
     model = write_tiny_model(tmp_path / "medium", dit_config=MEDIUM)
+    warmup = write_tiny_model(tmp_path / "tiny")
     image = tmp_path / "in.png"
     scene.save(image)
     weights = 16 * 24 * 512 * 512 * 4
     budget = int(weights * 0.35)  # the smallest the planner accepts here: the prompt phase needs ~137 MB
-    result = subprocess.run([sys.executable, str(WORKER), str(model), str(image), str(tmp_path / "out.png"), str(budget)],
+    result = subprocess.run([sys.executable, str(WORKER), str(model), str(image), str(tmp_path / "out.png"), str(budget),
+                             str(warmup)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     r = json.loads(result.stdout.strip().splitlines()[-1])
