@@ -44,8 +44,9 @@ def flow_matching_loss(dit: SpatialEditDiT, latents: LatentSet, edits: EditSet, 
                        generator: torch.Generator, drop: torch.Tensor) -> torch.Tensor:
     """Mean squared error of the predicted velocity on one batch of `rows`."""
     x0, condition = latents.targets[rows], latents.conditions[rows]
-    noise = torch.randn(x0.shape, generator=generator)
-    sigma = shifted_sigmas(torch.rand(len(rows), generator=generator))
+    # Drawn from the (CPU) generator, so a seed gives the same run on any device, then moved to the latents'.
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    sigma = shifted_sigmas(torch.rand(len(rows), generator=generator)).to(x0.device)
     s = sigma.view(-1, 1, 1, 1, 1)
     noisy = (1 - s) * x0 + s * noise
     states, mask = edits.text_batch(rows, drop)
