@@ -14,11 +14,11 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import nn
 
-from lowmem.errors import CorruptCheckpointError, ModelFolderError
+from lowmem.errors import CorruptCheckpointError
 from lowmem.models.dit_loading import DiTCheckpoint, Selection, check_filled, everything
 from lowmem.models.layout import ModelFolder, open_model_folder, open_shard
 from quantize.linear import QuantizedLinear
-from quantize.manifest import MANIFEST, read_manifest, sha256_file
+from quantize.manifest import read_manifest, verify_file
 from quantize.plan import default_skip, quantizable_linears, swap_linears
 from quantize.schemes import check_scheme
 from quantize.sources import ComponentSource, check_complete, dit_source, meta_dit, meta_vlm, vlm_source
@@ -54,32 +54,6 @@ def _finish(model: nn.Module, device: torch.device, what: str) -> nn.Module:
             if buf is not None and buf.device != device:
                 module._buffers[name] = buf.to(device)
     return model.eval().requires_grad_(False)
-
-
-_VERIFIED: set[tuple[str, int, int, str]] = set()  # (path, size, mtime, sha256) already checked by this process
-
-
-def verify_file(root: Path, rel: str, manifest: dict) -> Path:
-    """`root/rel`, after checking its bytes against the sha256 manifest.json recorded when it was
-    written (once per process and file version); a changed file names itself and what to re-run."""
-    path = root / rel
-    expected = manifest.get("files", {}).get(rel)
-    if expected is None:
-        raise CorruptCheckpointError(f"{root / MANIFEST} has no sha256 for {rel}; the folder is incomplete: re-run the conversion")
-    try:
-        stat = path.stat()
-    except OSError as exc:
-        raise ModelFolderError(f"{path} is missing ({exc.strerror}); re-run the conversion") from exc
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, expected)
-    if key not in _VERIFIED:
-        if sha256_file(path) != expected:
-            source = manifest.get("source", {}).get("folder", "the original model folder")
-            raise CorruptCheckpointError(
-                f"{path} does not match the sha256 manifest.json recorded for it (damaged or changed after the conversion); "
-                f"re-convert: `lowmem quantize {source} --scheme {manifest.get('scheme')} --out NEW_FOLDER`"
-            )
-        _VERIFIED.add(key)
-    return path
 
 
 def _fill_from_files(model: nn.Module, root: Path, files: Iterable[str], manifest: dict, device, dtype,

@@ -1,4 +1,5 @@
-"""manifest.json of a quantized model folder: what was quantized how, from which files, how well."""
+"""manifest.json of a quantized model folder: what was quantized how, from which files, how well,
+and the sha256 check of each file against it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from lowmem.errors import ManifestVersionError, ModelFolderError
+from lowmem.errors import CorruptCheckpointError, ManifestVersionError, ModelFolderError
 
 # 2: nf4/bnb scales may be double-quantized (per-tensor `double_quant`); version 1 folders, whose
 # scales are all single-level, load unchanged. An older lowmem refuses a version 2 folder cleanly
@@ -54,6 +55,32 @@ def read_manifest(folder: str | Path) -> dict:
     if wrong:
         raise ModelFolderError(f"{path} lacks or mistypes the field(s) {', '.join(wrong)}; re-run `lowmem quantize`")
     return data
+
+
+_VERIFIED: set[tuple[str, int, int, str]] = set()  # (path, size, mtime, sha256) already checked by this process
+
+
+def verify_file(root: Path, rel: str, manifest: dict) -> Path:
+    """`root/rel`, after checking its bytes against the sha256 manifest.json recorded when it was
+    written (once per process and file version); a changed file names itself and what to re-run."""
+    path = root / rel
+    expected = manifest.get("files", {}).get(rel)
+    if expected is None:
+        raise CorruptCheckpointError(f"{root / MANIFEST} has no sha256 for {rel}; the folder is incomplete: re-run the conversion")
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise ModelFolderError(f"{path} is missing ({exc.strerror}); re-run the conversion") from exc
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, expected)
+    if key not in _VERIFIED:
+        if sha256_file(path) != expected:
+            source = manifest.get("source", {}).get("folder", "the original model folder")
+            raise CorruptCheckpointError(
+                f"{path} does not match the sha256 manifest.json recorded for it (damaged or changed after the conversion); "
+                f"re-convert: `lowmem quantize {source} --scheme {manifest.get('scheme')} --out NEW_FOLDER`"
+            )
+        _VERIFIED.add(key)
+    return path
 
 
 def is_quantized_folder(folder: str | Path) -> bool:
