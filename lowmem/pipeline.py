@@ -27,7 +27,7 @@ from lowmem.models.dit import SpatialEditDiT
 from lowmem.models.joint_attention import TextPadding
 from lowmem.models.layout import open_model_folder
 from lowmem.models.scheduler import make_scheduler
-from lowmem.models.vae import WanVAE, load_folder_vae
+from lowmem.models.vae import WanVAE
 from lowmem.report import RunReport
 from lowmem.spotedit import SpotConfig, spot_denoise
 
@@ -125,10 +125,12 @@ class SpatialEditPipeline:
             pipe = cls(dit, vae, conditioner, device, dtype)
             pipe.offload = runtime
             return pipe
-        from quantize.loader import load_parts
+        from lowmem.loading import ModelLoader
 
-        dit, conditioner = load_parts(folder, device, dtype, quantization)
-        return cls(dit, load_folder_vae(folder, device), conditioner, device, dtype)
+        loader = ModelLoader(folder, device, dtype, quantization)
+        dit = loader.resident_dit()  # bad DiT weights fail before the conditioner is read
+        conditioner = loader.conditioner()
+        return cls(dit, loader.vae(), conditioner, device, dtype)
 
     @torch.inference_mode()
     def edit(

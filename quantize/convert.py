@@ -35,10 +35,10 @@ from lowmem.host_memory import return_freed_memory
 from lowmem.models.layout import open_model_folder
 from lowmem.paths import check_new_folder, exclusive_lock
 from lowmem.models.vae import load_folder_vae
+from lowmem.models.weight_sources import ComponentSource, check_complete, check_shards, dit_source, meta_dit, meta_vlm, read_tensor, vlm_source
 from quantize.manifest import FORMAT_VERSION, MANIFEST, format_error_table, sha256_file, verify_file, write_json_atomic
 from quantize.plan import COMPONENTS, default_skip, quantizable_linears, unit_of
 from quantize.schemes import GROUP_SIZE, check_scheme, double_quantized, dequantize, quantize_linear_weight, weight_error
-from quantize.sources import ComponentSource, check_complete, check_shards, dit_source, meta_dit, meta_vlm, read_tensor, vlm_source
 
 PARTIAL_STATE = "partial.json"
 SUBDIR = {"dit": "transformer", "vlm": "text_encoder"}

@@ -11,9 +11,10 @@ import torch
 
 from lowmem.cli import main as cli_main
 from lowmem.errors import CorruptCheckpointError, LowmemError, ManifestVersionError, OutputPathError
+from lowmem.loading import load_quantized_dit
 from lowmem.models.layout import open_model_folder
 from lowmem.pipeline import SpatialEditPipeline
-from quantize import FORMAT_VERSION, convert, load_quantized_dit, read_manifest
+from quantize import FORMAT_VERSION, convert, read_manifest
 from quantize.convert import PARTIAL_STATE
 
 PROMPT = "Rotate the object to show the front side view."

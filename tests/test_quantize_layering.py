@@ -35,12 +35,12 @@ def test_the_scan_finds_every_form_of_a_runtime_import():
     source = (
         "import lowmem.offload.plan as plan\n"
         "from lowmem import pipeline\n"
-        "def f():\n    from lowmem.loading.parts import open_model\n"
+        "def f():\n    from lowmem.loading import ModelLoader\n"
         "from lowmem.models.layout import open_model_folder\n"
         "from .schemes import check_scheme\n"
     )
     found = imported_names(source, "quantize")
-    assert runtime_imports(found) == ["lowmem.loading.parts", "lowmem.loading.parts.open_model", "lowmem.offload.plan",
+    assert runtime_imports(found) == ["lowmem.loading", "lowmem.loading.ModelLoader", "lowmem.offload.plan",
                                       "lowmem.pipeline"]
     assert "quantize.schemes" in found
 

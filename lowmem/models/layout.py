@@ -40,7 +40,7 @@ class ModelFolder:
 
     @property
     def is_quantized(self) -> bool:
-        """A `lowmem quantize` output: per-block files described by manifest.json (read by quantize.loader)."""
+        """A `lowmem quantize` output: per-block files described by manifest.json (read by lowmem.loading)."""
         return (self.root / "manifest.json").is_file()
 
     def dit_shards(self) -> dict[str, Path]:

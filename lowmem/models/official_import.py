@@ -187,7 +187,7 @@ def check_parts(vae: Path, text_encoder: Path) -> None:
     """The VAE and Qwen3-VL files that the folder will link are complete and what they claim to be,
     so a broken part is refused now, not at the first edit."""
     from lowmem.models.vae import WanVAE
-    from quantize.sources import check_complete, check_shards, meta_vlm, vlm_source
+    from lowmem.models.weight_sources import check_complete, check_shards, meta_vlm, vlm_source
 
     WanVAE.from_file(vae, device="meta")
     source = vlm_source(text_encoder)

@@ -16,7 +16,6 @@ import torch
 from lowmem.host_memory import return_freed_memory
 from lowmem.models.dit_loading import in_block, outside_blocks
 from lowmem.models.layout import ModelFolder
-from lowmem.models.vae import load_folder_vae
 from lowmem.offload.planner import plan_for
 from lowmem.offload.preflight import folder_precision, preflight_plan
 from lowmem.offload.presets import load_preset
@@ -45,7 +44,7 @@ def load_under_plan(
 ):
     """(dit, vae, conditioner, OffloadRuntime) for running on `device` within the budget or preset,
     planned for edits at `guidance` (<= 1: one DiT row per forward)."""
-    from quantize.loader import dit_parts, load_conditioner
+    from lowmem.loading import ModelLoader
 
     if preset is not None and quantization is None and not folder.is_quantized:
         # A preset planned for int8/nf4 weights gets them: quantized while loading.
@@ -55,16 +54,16 @@ def load_under_plan(
     preflight_plan(folder, memory_budget, resolution, precision, spot, preset, planned_device_kind(device),  # refuse
                    guidance)  # before reading
 
-    dit, fill = dit_parts(folder, HOST, dtype, quantization)
-    conditioner = load_conditioner(folder, HOST, dtype, quantization)
-    vae = load_folder_vae(folder, HOST)
-    plan = plan_for(dit, memory_budget, resolution, precision, spot, preset=preset, device=planned_device_kind(device),
-                    vlm_bytes=conditioner.weight_bytes(), vae_bytes=vae.weight_bytes(),
+    loader = ModelLoader(folder, HOST, dtype, quantization)  # the DiT built, none of its weights read yet
+    conditioner, vae = loader.conditioner(), loader.vae()
+    plan = plan_for(loader.dit, memory_budget, resolution, precision, spot, preset=preset,
+                    device=planned_device_kind(device), vlm_bytes=conditioner.weight_bytes(), vae_bytes=vae.weight_bytes(),
                     max_resident_blocks=max_resident_blocks, vae_config=dict(vae.module.config),
                     vlm_config=conditioner.model.config, guidance=guidance)
-    fill(outside_blocks)
+    loader.fill(outside_blocks)
     for index in plan.dit.resident_blocks:
-        fill(in_block(index))
-    runtime = OffloadRuntime(plan, dit, vae, conditioner, device, block_source=lambda index, _block: fill(in_block(index)))
+        loader.fill(in_block(index))
+    runtime = OffloadRuntime(plan, loader.dit, vae, conditioner, device,
+                             block_source=lambda index, _block: loader.fill(in_block(index)))
     return_freed_memory()  # what reading the checkpoint left in glibc's heaps
-    return dit, vae, conditioner, runtime
+    return loader.dit, vae, conditioner, runtime

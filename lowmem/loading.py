@@ -1,9 +1,17 @@
-"""Loading quantized weights: models are built on the meta device, Linears are swapped for empty
-QuantizedLinear modules, and the stored tensors are assigned in straight from the files (mmap),
-so no dense copy of a quantized weight ever exists.
+"""Loading a model folder: the one way the runtime reads weights, planned or not.
 
-Two sources: a folder written by `lowmem quantize` (per-block files + manifest.json), or an
-original folder quantized in memory while loading, one tensor at a time (`quantization=`).
+`ModelLoader(folder, device, dtype, quantization)` is the entry the pipeline and the planned load
+both call; through it each component is loaded once. The DiT is built on the meta device in its
+final form (quantized Linears already swapped in) and filled by selection, so a plan can read what
+it keeps resident now and let the streamer read each other block when it needs it; the
+conditioner and the VAE are loaded whole.
+
+Three kinds of folder: an original one (weights as stored), a `lowmem quantize` output (per-block
+files + manifest.json, each file checked against its sha256), or an original one quantized in
+memory while loading, one tensor at a time (`quantization=`). Stored quantized tensors are
+assigned in straight from the files (mmap), so no dense copy of a quantized weight ever exists.
+Only the format itself comes from `quantize`: the manifest, QuantizedLinear's layout, which
+Linears to swap, and quantizing a tensor.
 """
 
 from __future__ import annotations
@@ -15,13 +23,17 @@ import torch
 from torch import nn
 
 from lowmem.errors import CorruptCheckpointError
+from lowmem.models.conditioner import QwenVLConditioner, _check_folder, _load_processor
+from lowmem.models.dit import SpatialEditDiT
 from lowmem.models.dit_loading import DiTCheckpoint, Selection, check_filled, everything
 from lowmem.models.layout import ModelFolder, open_model_folder, open_shard
+from lowmem.models.vae import WanVAE, load_folder_vae
+from lowmem.models.weight_sources import ComponentSource, check_complete, dit_source, meta_dit, meta_vlm, vlm_source
+from quantize.convert import quantize_tensors
 from quantize.linear import QuantizedLinear
 from quantize.manifest import read_manifest, verify_file
 from quantize.plan import default_skip, quantizable_linears, swap_linears
 from quantize.schemes import check_scheme
-from quantize.sources import ComponentSource, check_complete, dit_source, meta_dit, meta_vlm, vlm_source
 
 
 def assign_tensor(model: nn.Module, key: str, tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> None:
@@ -140,8 +152,6 @@ def _quantizing_filler(model: nn.Module, source: ComponentSource, component: str
                        skip: Iterable[str], device, dtype) -> Callable[[Selection], None]:
     """Swap the quantizable Linears of the meta-built `model` and return `fill(select)`, which reads the
     selected source tensors one at a time, quantizing those that belong to a swapped Linear."""
-    from quantize.convert import quantize_tensors
-
     check_complete(source, model)
     modules = set(quantizable_linears(model, component, list(default_skip(component)) + list(skip), scheme, backend))
     expected = {k: v.shape for k, v in model.state_dict().items()}
@@ -177,9 +187,7 @@ def load_vlm_quantizing(text_encoder: Path, scheme: str, backend: Optional[str] 
     return _finish(model, device, "Qwen3-VL")
 
 
-def _conditioner(model: nn.Module, text_encoder: Path):
-    from lowmem.models.conditioner import QwenVLConditioner, _check_folder, _load_processor
-
+def _conditioner(model: nn.Module, text_encoder: Path) -> QwenVLConditioner:
     _check_folder(text_encoder)
     return QwenVLConditioner(model, _load_processor(text_encoder))
 
@@ -194,11 +202,9 @@ def check_requested_scheme(folder: ModelFolder, quantization: Optional[str]) -> 
             )
 
 
-def load_conditioner(folder: ModelFolder, device: torch.device, dtype: torch.dtype, quantization: Optional[str] = None):
+def load_conditioner(folder: ModelFolder, device: torch.device, dtype: torch.dtype,
+                     quantization: Optional[str] = None) -> QwenVLConditioner:
     """The QwenVLConditioner of a quantized folder, or of an original one (quantized in memory when asked)."""
-    from lowmem.models.conditioner import QwenVLConditioner
-
-    check_requested_scheme(folder, quantization)
     if folder.is_quantized and read_manifest(folder.root)["vlm"].get("quantized"):
         return _conditioner(load_quantized_vlm(folder.root, device, dtype), folder.text_encoder)
     if quantization is not None and not folder.is_quantized:
@@ -209,9 +215,28 @@ def load_conditioner(folder: ModelFolder, device: torch.device, dtype: torch.dty
     return QwenVLConditioner.from_folder(folder.text_encoder, dtype=dtype, device=device)
 
 
-def load_parts(folder: ModelFolder, device: torch.device, dtype: torch.dtype, quantization: Optional[str] = None):
-    """(DiT, QwenVLConditioner) of a quantized folder, or of an original one quantized in memory."""
-    check_requested_scheme(folder, quantization)
-    dit, fill = dit_parts(folder, device, dtype, quantization)
-    fill(everything)
-    return _finish(dit, torch.device(device), "DiT"), load_conditioner(folder, device, dtype, quantization)
+class ModelLoader:
+    """One model folder's components on `device`, each loaded once, in the order its caller needs:
+    a `lowmem quantize` folder's quantized weights, an original folder's weights as stored, or
+    quantized in memory as they load when `quantization` ("int8" | "nf4") is given.
+
+    The DiT is built on construction (meta device, quantized Linears swapped in) with no weight read:
+    `fill(select)` reads the selected tensors, `resident_dit()` all of them. `conditioner()` and
+    `vae()` load those components whole."""
+
+    def __init__(self, folder: ModelFolder, device: torch.device | str, dtype: torch.dtype,
+                 quantization: Optional[str] = None):
+        check_requested_scheme(folder, quantization)
+        self.folder, self.device, self.dtype, self.quantization = folder, torch.device(device), dtype, quantization
+        self.dit, self.fill = dit_parts(folder, self.device, dtype, quantization)
+
+    def resident_dit(self) -> SpatialEditDiT:
+        """The DiT with every weight read: a run without a plan keeps it all on the device."""
+        self.fill(everything)
+        return _finish(self.dit, self.device, "DiT")
+
+    def conditioner(self) -> QwenVLConditioner:
+        return load_conditioner(self.folder, self.device, self.dtype, self.quantization)
+
+    def vae(self) -> WanVAE:
+        return load_folder_vae(self.folder, self.device)
