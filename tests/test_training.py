@@ -14,8 +14,8 @@ from lowmem.models.layout import open_model_folder
 from lowmem.images import to_model_tensor
 from lowmem.models.vae import TINY_VAE_CONFIG, WanVAE
 from lowmem.pipeline import SpatialEditPipeline
-from lowmem.scenes import render_pair
-from lowmem.training import HELD_OUT_SEEDS, TRAINED_DIT_CONFIG
+from lowmem.scenes import HELD_OUT_SEEDS, render_pair
+from lowmem.training import TRAINED_DIT_CONFIG
 from lowmem.training.flow_matching import shifted_sigmas
 from lowmem.training.single_frame import single_frame_convolutions
 
@@ -27,7 +27,7 @@ def _mean(values):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "tiny-trained"
-    argv = ["train-tiny", "--out", str(out), "--pairs", "8", "--vae-steps", "20", "--vae-batch", "2",
+    argv = ["train-tiny", "--out", str(out), "--pairs", "8", "--vae-width", "4", "--vae-steps", "20", "--vae-batch", "2",
             "--dit-steps", "20", "--dit-batch", "4", "--seed", "3"]
     assert main(argv) == 0
     return out

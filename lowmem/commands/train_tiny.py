@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of everything (default: %(default)s)")
     parser.add_argument("--size", type=int, default=defaults.size, help="rendered image size in pixels (default: %(default)s)")
     parser.add_argument("--pairs", type=int, default=defaults.pairs, help="rendered training pairs (default: %(default)s)")
+    parser.add_argument("--vae-width", type=int, default=defaults.vae_width,
+                        help="VAE base width (AutoencoderKLWan base_dim; the real VAE's is 96) (default: %(default)s)")
     parser.add_argument("--vae-steps", type=int, default=defaults.vae_steps, help="VAE batches (default: %(default)s)")
     parser.add_argument("--vae-batch", type=int, default=defaults.vae_batch, help="images per VAE batch (default: %(default)s)")
     parser.add_argument("--dit-steps", type=int, default=defaults.dit_steps, help="DiT batches (default: %(default)s)")
@@ -26,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for name in ("pairs", "vae_steps", "vae_batch", "dit_steps", "dit_batch"):
+    for name in ("pairs", "vae_width", "vae_steps", "vae_batch", "dit_steps", "dit_batch"):
         if getattr(args, name) < 1:
             raise LowmemError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.size < 64 or args.size % 16:
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = TrainingSettings(seed=args.seed, size=args.size, pairs=args.pairs, vae_steps=args.vae_steps,
+    settings = TrainingSettings(seed=args.seed, size=args.size, pairs=args.pairs, vae_width=args.vae_width, vae_steps=args.vae_steps,
                                 vae_batch=args.vae_batch, dit_steps=args.dit_steps, dit_batch=args.dit_batch)
     record = train_tiny_model(args.out, settings)
     seconds = record["seconds"]

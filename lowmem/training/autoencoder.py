@@ -32,11 +32,12 @@ class AutoencoderResult:
     losses: list[float]
 
 
-def train_autoencoder(images: torch.Tensor, steps: int, batch: int, lr: float, seed: int,
+def train_autoencoder(images: torch.Tensor, width: int, steps: int, batch: int, lr: float, seed: int,
                       progress: bool = True) -> AutoencoderResult:
-    """Train a tiny AutoencoderKLWan on `images` (N, 3, H, W) in [-1, 1]."""
+    """Train an AutoencoderKLWan of `base_dim` `width` on `images` (N, 3, H, W) in [-1, 1]."""
     torch.manual_seed(seed)
-    module = AutoencoderKLWan(**copy.deepcopy(TINY_VAE_CONFIG)).train()
+    architecture = {**copy.deepcopy(TINY_VAE_CONFIG), "base_dim": width}
+    module = AutoencoderKLWan(**architecture).train()
     start_with_quiet_posterior(module)
     optimizer = torch.optim.Adam(module.parameters(), lr=lr)
     schedule = warmup_cosine(optimizer, steps, warmup=max(1, steps // 20))
@@ -57,7 +58,7 @@ def train_autoencoder(images: torch.Tensor, steps: int, batch: int, lr: float, s
             log.add(loss.item())
             bar.set_postfix(loss=f"{loss.item():.4f}")
         module.eval().requires_grad_(False)
-        config = {**copy.deepcopy(TINY_VAE_CONFIG), **latent_statistics(module, images, seed)}
+        config = {**architecture, **latent_statistics(module, images, seed)}
     return AutoencoderResult(module=module, config=config, losses=log.finish())
 
 

@@ -1,0 +1,180 @@
+"""Quality of the tiny trained SpatialEdit on held-out rendered scenes: where our numbers mean something.
+
+    python bench/quality.py --model DIR [--fast] [--out result.json]
+
+DIR is a model trained on the rendered scenes (`lowmem train-tiny --out DIR`); on any other model
+the numbers measure nothing.
+
+Four tables, all on pairs rendered from seeds no training run reaches (lowmem.scenes.HELD_OUT_SEEDS):
+  1. edit success per kind: PSNR / SSIM of the edit against the rendered ground truth, beside the
+     copy-the-input baseline, and the share of edits that did what the instruction says
+     (`lowmem.scene_scoring.edit_succeeded` states the test per kind);
+  2. int8 and nf4 on both backends against the full-precision model: PSNR of the edited image and
+     relative error of the DiT velocity on the same inputs;
+  3. SpotEdit against the full-step edit: PSNR / SSIM, the mean active-token fraction, whether the
+     non-edited latent tokens equal the condition after token replacement, and the denoise speed-up;
+  4. tiled against untiled VAE decode of the edits' latents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lowmem.guidance import guidance_batch
+from lowmem.images import to_model_tensor
+from lowmem.models.joint_attention import TextPadding
+from lowmem.pipeline import SpatialEditPipeline
+from lowmem.scene_scoring import edit_succeeded, psnr, ssim, vae_roundtrip
+from lowmem.scenes import EDIT_KINDS, HELD_OUT_SEEDS, EditPair, render_pair
+from lowmem.spotedit import SpotConfig, spot_denoise
+from lowmem.spotedit.selector import dilate, tokens_to_latent
+from lowmem.loading import load_quantized_dit
+from quantize import convert
+
+SIZE = 64
+GUIDANCE = 1.0
+
+
+def edit_table(pipe: SpatialEditPipeline, pairs: list[EditPair], steps: int) -> tuple[list[dict], dict]:
+    rows, outputs = [], {}
+    roundtrip = vae_roundtrip(pipe.vae)
+    for kind in EDIT_KINDS:
+        chosen = [p for p in pairs if p.kind == kind]
+        scores = {"psnr": [], "ssim": [], "copy_psnr": [], "copy_ssim": [], "success": [], "copy_success": []}
+        for pair in chosen:
+            edited = pipe.edit(pair.source.image, pair.instruction, steps=steps, guidance=GUIDANCE, resolution=SIZE,
+                               progress=False).image
+            output = np.asarray(edited)
+            outputs[id(pair)] = output
+            target, source = np.asarray(pair.target.image), np.asarray(pair.source.image)
+            scores["psnr"].append(psnr(output, target))
+            scores["ssim"].append(ssim(output, target))
+            scores["copy_psnr"].append(psnr(source, target))
+            scores["copy_ssim"].append(ssim(source, target))
+            scores["success"].append(edit_succeeded(pair, edited, roundtrip))
+            scores["copy_success"].append(edit_succeeded(pair, pair.source.image, roundtrip))
+        rows.append({"kind": kind, "pairs": len(chosen), **{k: float(np.mean(v)) for k, v in scores.items()}})
+    return rows, outputs
+
+
+def dit_inputs(pipe: SpatialEditPipeline, pair: EditPair) -> tuple:
+    """One realistic DiT input: the pair's condition latent, a half-noised target and its prompt's states."""
+    image = pair.model_input
+    states, mask = pipe.conditioner.encode([image], pair.instruction.text, unconditional=False)
+    generator = torch.Generator().manual_seed(0)
+    condition = pipe.vae.encode(to_model_tensor(image), generator=generator)
+    target = pipe.vae.encode(to_model_tensor(pair.target.image), generator=generator)
+    noisy = 0.5 * target + 0.5 * torch.randn(target.shape, generator=generator)
+    return torch.stack((condition, noisy), dim=1), torch.tensor([500.0]), states, TextPadding.from_mask(mask)
+
+
+def quantization_table(model: Path, pipe: SpatialEditPipeline, pairs: list[EditPair], reference: dict, steps: int,
+                       workdir: Path) -> list[dict]:
+    rows = []
+    inputs = [dit_inputs(pipe, p) for p in pairs]
+    with torch.inference_mode():
+        v_ref = [pipe.dit(*i).float() for i in inputs]
+    for scheme in ("int8", "nf4"):
+        for backend in ("bnb", "quanto"):
+            out = workdir / f"{scheme}-{backend}"
+            convert(model, out, scheme, backend, components=("dit",), progress=False, print_table=False)
+            dit = load_quantized_dit(out, "cpu", torch.float32)
+            with torch.inference_mode():
+                errors = [float((dit(*i).float() - v).norm() / v.norm()) for i, v in zip(inputs, v_ref)]
+            quantized = SpatialEditPipeline.from_folder(out, device="cpu")
+            psnrs = [psnr(np.asarray(quantized.edit(p.source.image, p.instruction, steps=steps, guidance=GUIDANCE,
+                                                    resolution=SIZE, progress=False).image), reference[id(p)])
+                     for p in pairs]
+            rows.append({"variant": f"{scheme}/{backend}", "scheme": scheme, "backend": backend,
+                         "velocity_rel_err": float(np.mean(errors)), "psnr_vs_full_db": float(np.mean(psnrs))})
+    return rows
+
+
+def spot_row(pipe: SpatialEditPipeline, pair: EditPair, steps: int) -> dict:
+    """SpotEdit and the full loop on the same pair, the same noise; latents compared before decoding."""
+    image = pair.model_input
+    states, mask = pipe.conditioner.encode([image], pair.instruction.text, unconditional=guidance_batch(GUIDANCE) == 2)
+    padding = TextPadding.from_mask(mask)
+    condition = pipe.vae.encode(to_model_tensor(image), generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    full = pipe.denoise(condition, states, padding, steps, GUIDANCE, torch.Generator().manual_seed(0), progress=False)
+    full_s = time.perf_counter() - start
+    start = time.perf_counter()
+    latents, outcome = spot_denoise(pipe.dit, pipe.vae, condition, states, padding, steps, GUIDANCE,
+                                    torch.Generator().manual_seed(0), SpotConfig(), pipe.device, pipe.dtype, progress=False)
+    spot_s = time.perf_counter() - start
+    exact = None  # no token left the edited set
+    if outcome.edited_mask is not None and not dilate(outcome.edited_mask, 1).all():
+        # Interior non-edited tokens (not bordering an edited one, whose latents are blended) are the condition's.
+        kept = ~tokens_to_latent(dilate(outcome.edited_mask, 1)).expand_as(latents)
+        exact = bool(torch.equal(latents[kept], condition.float()[kept]))
+    spot_image = (pipe.vae.decode(latents)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    full_image = (pipe.vae.decode(full)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return {"kind": pair.kind, "psnr_vs_full_db": psnr(spot_image, full_image), "ssim_vs_full": ssim(spot_image, full_image),
+            "active_fraction": float(np.mean(outcome.active_fraction)), "background_exact": exact,
+            "speedup": full_s / spot_s, "tiled_psnr_db": tiled_psnr(pipe, full)}
+
+
+def tiled_psnr(pipe: SpatialEditPipeline, latents: torch.Tensor) -> float:
+    """PSNR of the tiled decode (32 px tiles, 25% overlap) against the untiled one."""
+    untiled, tiled = pipe.vae.decode(latents), pipe.vae.decode(latents, tiled=True, tile=32, overlap=0.25)
+    return psnr(*((t[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for t in (untiled, tiled)))
+
+
+def run(model: Path, per_kind: int, steps: int) -> dict:
+    pairs = [render_pair(HELD_OUT_SEEDS + 100 * k + i, kind, size=SIZE) for k, kind in enumerate(EDIT_KINDS)
+             for i in range(per_kind)]
+    pipe = SpatialEditPipeline.from_folder(model, device="cpu", dtype=torch.float32)
+    edits, outputs = edit_table(pipe, pairs, steps)
+    probe = [pairs[k * per_kind] for k in range(len(EDIT_KINDS))]
+    with tempfile.TemporaryDirectory(prefix="lowmem-quality-") as scratch:
+        quant = quantization_table(model, pipe, probe, outputs, steps, Path(scratch))
+    with torch.inference_mode():
+        spot = [spot_row(pipe, p, steps) for p in probe]
+    return {"model": str(model), "size": SIZE, "steps": steps, "guidance": GUIDANCE, "per_kind": per_kind,
+            "threads": torch.get_num_threads(), "edits": edits, "quantization": quant, "spotedit": spot}
+
+
+def tables(result: dict) -> str:
+    lines = ["| edit | pairs | PSNR dB (copy) | SSIM (copy) | success (copy) |", "|---|---|---|---|---|"]
+    for r in result["edits"]:
+        lines.append(f"| {r['kind']} | {r['pairs']} | {r['psnr']:.2f} ({r['copy_psnr']:.2f}) | "
+                     f"{r['ssim']:.3f} ({r['copy_ssim']:.3f}) | {r['success']:.0%} ({r['copy_success']:.0%}) |")
+    lines += ["", "| DiT weights | velocity rel. error | image PSNR vs full dB |", "|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['velocity_rel_err']:.4f} | {r['psnr_vs_full_db']:.2f} |" for r in result["quantization"]]
+    lines += ["", "| edit | SpotEdit PSNR vs full dB | SSIM | active fraction | background exact | denoise speed-up | tiled decode PSNR dB |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['kind']} | {r['psnr_vs_full_db']:.2f} | {r['ssim_vs_full']:.3f} | {r['active_fraction']:.2f} | "
+              f"{r['background_exact']} | {r['speedup']:.2f}x | {r['tiled_psnr_db']:.2f} |" for r in result["spotedit"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="model folder written by `lowmem train-tiny`")
+    parser.add_argument("--fast", action="store_true", help="one pair per kind and 4 steps (for tests)")
+    parser.add_argument("--per-kind", type=int, default=8, help="held-out pairs per edit kind (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=16, help="denoising steps (default: %(default)s)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    per_kind, steps = (1, 4) if args.fast else (args.per_kind, args.steps)
+    result = run(args.model, per_kind, steps)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2, default=str))
+    print(tables(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
