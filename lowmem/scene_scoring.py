@@ -1,6 +1,6 @@
 """Scoring an edit of a rendered scene against its ground truth: image metrics and "did it do what was asked".
 
-Used by `bench/quality.py` (the quality table) and by the tests that bound the shipped tiny model.
+Used by `bench/quality.py` (the quality table of a model trained by `lowmem train-tiny`).
 The object is found by comparing an image with the same view rendered without the block
 (`scenes.empty_view`), passed through the model's VAE first when one is given: a tiny VAE blurs a
 checkered ground, and comparing against the sharp empty view would count that blur as object.

@@ -38,7 +38,7 @@ from lowmem.training.single_frame import single_frame_convolutions
 TRAINED_DIT_CONFIG = DiTConfig(hidden_size=128, heads_num=2, mm_double_blocks_depth=4, text_states_dim=64,
                                rope_dim_list=(16, 24, 24))
 # Pairs of training seed s are rendered from seeds s * PAIRS_PER_SEED + i; no training seed below
-# 1000 reaches scenes.HELD_OUT_SEEDS, where the demo and bench/quality.py draw their scenes.
+# 1000 reaches scenes.HELD_OUT_SEEDS, where bench/quality.py draws its scenes.
 PAIRS_PER_SEED = 1_000_000
 
 
