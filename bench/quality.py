@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from lowmem.guidance import guidance_batch
-from lowmem.images import to_model_tensor
+from lowmem.images import to_model_tensor, to_pil
 from lowmem.models.joint_attention import TextPadding
 from lowmem.pipeline import SpatialEditPipeline
 from lowmem.scene_scoring import edit_succeeded, psnr, ssim, vae_roundtrip
@@ -116,8 +116,7 @@ def spot_row(pipe: SpatialEditPipeline, pair: EditPair, steps: int) -> dict:
         # Interior non-edited tokens (not bordering an edited one, whose latents are blended) are the condition's.
         kept = ~tokens_to_latent(dilate(outcome.edited_mask, 1)).expand_as(latents)
         exact = bool(torch.equal(latents[kept], condition.float()[kept]))
-    spot_image = (pipe.vae.decode(latents)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    full_image = (pipe.vae.decode(full)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    spot_image, full_image = (np.asarray(to_pil(pipe.vae.decode(x))) for x in (latents, full))
     return {"kind": pair.kind, "psnr_vs_full_db": psnr(spot_image, full_image), "ssim_vs_full": ssim(spot_image, full_image),
             "active_fraction": float(np.mean(outcome.active_fraction)), "background_exact": exact,
             "speedup": full_s / spot_s, "tiled_psnr_db": tiled_psnr(pipe, full)}
@@ -126,7 +125,7 @@ def spot_row(pipe: SpatialEditPipeline, pair: EditPair, steps: int) -> dict:
 def tiled_psnr(pipe: SpatialEditPipeline, latents: torch.Tensor) -> float:
     """PSNR of the tiled decode (32 px tiles, 25% overlap) against the untiled one."""
     untiled, tiled = pipe.vae.decode(latents), pipe.vae.decode(latents, tiled=True, tile=32, overlap=0.25)
-    return psnr(*((t[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for t in (untiled, tiled)))
+    return psnr(*(np.asarray(to_pil(t)) for t in (untiled, tiled)))
 
 
 def run(model: Path, per_kind: int, steps: int) -> dict:

@@ -68,13 +68,12 @@ def object_pixels(image: Image.Image, scene: Scene, roundtrip: Optional[Roundtri
 
 def vae_roundtrip(vae) -> Roundtrip:
     """Encode (posterior mean) and decode through `vae` (a lowmem WanVAE)."""
-    from lowmem.images import to_model_tensor
+    from lowmem.images import to_model_tensor, to_pil
 
     def run(image: Image.Image) -> Image.Image:
         with torch.inference_mode():
             latents = vae.encode(to_model_tensor(image))  # no generator: the posterior mean
-            pixels = vae.decode(latents)[0].float().clamp(0, 1)
-        return Image.fromarray((pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+            return to_pil(vae.decode(latents))
 
     return run
 
