@@ -1,9 +1,9 @@
 """Quality of the tiny trained SpatialEdit on held-out rendered scenes: where our numbers mean something.
 
-    python bench/quality.py --model DIR [--fast] [--out result.json]
+    python bench/quality.py [--model DIR] [--fast] [--out result.json]
 
-DIR is a model trained on the rendered scenes (`lowmem train-tiny --out DIR`); on any other model
-the numbers measure nothing.
+The model is the shipped trained tiny one (lowmem.trained_model) unless DIR names another trained
+on the rendered scenes (`lowmem train-tiny --out DIR`); on any other model the numbers measure nothing.
 
 Four tables, all on pairs rendered from seeds no training run reaches (lowmem.scenes.HELD_OUT_SEEDS):
   1. edit success per kind: PSNR / SSIM of the edit against the rendered ground truth, beside the
@@ -37,10 +37,12 @@ from lowmem.scenes import EDIT_KINDS, HELD_OUT_SEEDS, EditPair, render_pair
 from lowmem.spotedit import SpotConfig, spot_denoise
 from lowmem.spotedit.selector import dilate, tokens_to_latent
 from lowmem.loading import load_quantized_dit
+from lowmem.trained_model import TINY_SPOT_DILATION, trained_tiny_model
 from quantize import convert
 
 SIZE = 64
 GUIDANCE = 1.0
+SPOT = SpotConfig(dilation=TINY_SPOT_DILATION)  # the paper's threshold, as `lowmem demo` runs it
 
 
 def edit_table(pipe: SpatialEditPipeline, pairs: list[EditPair], steps: int) -> tuple[list[dict], dict]:
@@ -109,7 +111,7 @@ def spot_row(pipe: SpatialEditPipeline, pair: EditPair, steps: int) -> dict:
     full_s = time.perf_counter() - start
     start = time.perf_counter()
     latents, outcome = spot_denoise(pipe.dit, pipe.vae, condition, states, padding, steps, GUIDANCE,
-                                    torch.Generator().manual_seed(0), SpotConfig(), pipe.device, pipe.dtype, progress=False)
+                                    torch.Generator().manual_seed(0), SPOT, pipe.device, pipe.dtype, progress=False)
     spot_s = time.perf_counter() - start
     exact = None  # no token left the edited set
     if outcome.edited_mask is not None and not dilate(outcome.edited_mask, 1).all():
@@ -158,7 +160,7 @@ def tables(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="model folder written by `lowmem train-tiny`")
+    parser.add_argument("--model", type=Path, help="model folder written by `lowmem train-tiny` (default: the shipped one)")
     parser.add_argument("--fast", action="store_true", help="one pair per kind and 4 steps (for tests)")
     parser.add_argument("--per-kind", type=int, default=8, help="held-out pairs per edit kind (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=16, help="denoising steps (default: %(default)s)")
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     per_kind, steps = (1, 4) if args.fast else (args.per_kind, args.steps)
-    result = run(args.model, per_kind, steps)
+    result = run(args.model or trained_tiny_model(), per_kind, steps)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2, default=str))
     print(tables(result))

@@ -11,10 +11,10 @@ from lowmem.pipeline import SpatialEditPipeline
 
 def main() -> None:
     args = example_arguments(__doc__.splitlines()[0]).parse_args()
-    model, image = model_and_image(args)
+    model, image = model_and_image(args, "camera")
     pipe = SpatialEditPipeline.from_folder(model)
     edit = instructions.camera(yaw=45, pitch=15)
-    result = pipe.edit(image, edit, steps=args.steps, resolution=args.resolution, seed=0)
+    result = pipe.edit(image, edit, steps=args.steps, guidance=args.guidance, resolution=args.resolution, seed=0)
     result.image.save(args.out)
     print(f"{edit.text}\n{result.report.format()}\nsaved {args.out}")
 

@@ -11,10 +11,10 @@ from lowmem.pipeline import SpatialEditPipeline
 
 def main() -> None:
     args = example_arguments(__doc__.splitlines()[0]).parse_args()
-    model, image = model_and_image(args)
+    model, image = model_and_image(args, "move")
     pipe = SpatialEditPipeline.from_folder(model)
-    edit = instructions.move_to_box("object", (4, 36, 28, 60), image_size=image.size)
-    result = pipe.edit(image, edit, steps=args.steps, resolution=args.resolution, seed=0)
+    edit = instructions.move_to_box(args.object, (4, 36, 28, 60), image_size=image.size)
+    result = pipe.edit(image, edit, steps=args.steps, guidance=args.guidance, resolution=args.resolution, seed=0)
     result.image.save(args.out)
     print(f"{edit.text}\n{result.report.format()}\nsaved {args.out}")
 

@@ -1,4 +1,6 @@
-"""Tiny seeded SpatialEdit model folders in the official on-disk layout, for tests and the demo.
+"""Tiny seeded SpatialEdit model folders in the official on-disk layout, for tests and benches.
+
+Their weights are random; the demo and the examples use the trained one (lowmem.trained_model).
 
 `write_tiny_model(folder)` writes transformer shards + index + config, `vae/Wan2.1_VAE.pth` with the
 original Wan key names, and a complete Qwen3-VL folder with a locally built tokenizer, so every test
