@@ -1,7 +1,8 @@
 """The `lowmem` command. Each subcommand lives in `lowmem/commands/`; this file only dispatches.
 
 Bad input of any kind ends as one `error: ...` line on stderr and exit status 2; nothing on disk
-is left half-written (every writer saves to a temporary name and renames).
+is left half-written (every writer saves to a temporary name and renames), also when the run is
+interrupted (Ctrl-C: exit status 130) or terminated (SIGTERM: 143).
 
 Startup stays light: torch, transformers, diffusers and bitsandbytes are imported by a command's
 `run` when it needs them, and only the chosen subcommand's arguments are built, so `lowmem --help`
@@ -12,9 +13,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from importlib import metadata
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from lowmem.errors import LowmemError
 
@@ -55,14 +59,40 @@ def chosen_command(argv: Sequence[str]) -> Optional[str]:
     return first if first in COMMANDS else ""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a job scheduler's stop) raised where the process was, so that every cleanup
+    written for Ctrl-C runs too: staged folders and temporary files go, nothing is left half-written."""
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM raises Terminated (only the main thread may set a handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(chosen_command(argv)).parse_args(argv)
     try:
-        return command_module(args.command).run(args) or 0
+        with sigterm_raises():
+            return command_module(args.command).run(args) or 0
     except LowmemError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated; nothing half-written was left behind", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("interrupted; nothing half-written was left behind", file=sys.stderr)
         return 130

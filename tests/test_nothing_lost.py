@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -362,3 +365,26 @@ def test_a_failed_phase_is_not_reported_done(raised, said, capsys):
             raise raised
     err = capsys.readouterr().err
     assert "done" not in err and f"denoise {said}" in err
+
+
+# -- 10. a terminated command cleans up as an interrupted one does ---------------------------------
+
+def test_sigterm_removes_the_staged_output_folder(tmp_path):
+    """`kill` during `lowmem train-tiny` (a long job a scheduler may stop): the folder it was
+    building aside goes, the output never appears, and the exit status says SIGTERM."""
+    out = tmp_path / "model"
+    command = [sys.executable, "-m", "lowmem", "train-tiny", "--out", str(out), "--pairs", "8", "--vae-steps", "100000",
+               "--threads", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".model.*")):  # the staging folder: the job is under way
+            assert process.poll() is None and time.monotonic() < deadline, "train-tiny never started its output"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "terminated; nothing half-written was left behind" in stderr
+    assert list(tmp_path.iterdir()) == []
