@@ -24,13 +24,25 @@ def _mean(values):
     return sum(values) / len(values)
 
 
+SMALL_RUN = ["--pairs", "8", "--vae-width", "4", "--vae-steps", "20", "--vae-batch", "2", "--dit-steps", "20", "--dit-batch", "4",
+             "--seed", "3"]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "tiny-trained"
-    argv = ["train-tiny", "--out", str(out), "--pairs", "8", "--vae-width", "4", "--vae-steps", "20", "--vae-batch", "2",
-            "--dit-steps", "20", "--dit-batch", "4", "--seed", "3"]
-    assert main(argv) == 0
+    assert main(["train-tiny", "--out", str(out), *SMALL_RUN]) == 0
     return out
+
+
+def test_the_same_command_writes_the_same_weights(trained, tmp_path):
+    """What lets README say the shipped weights come from one seeded command: a rerun is bit-identical."""
+    again = tmp_path / "again"
+    assert main(["train-tiny", "--out", str(again), *SMALL_RUN]) == 0
+    weights = sorted(p.relative_to(trained) for p in trained.rglob("*.safetensors"))
+    assert weights and weights == sorted(p.relative_to(again) for p in again.rglob("*.safetensors"))
+    for name in weights:
+        assert (trained / name).read_bytes() == (again / name).read_bytes(), name
 
 
 def test_losses_fall_and_the_record_is_written(trained):
