@@ -48,7 +48,7 @@ class TrainingSettings:
     size: int = 64  # rendered images are size x size; the demo edits at this resolution
     pairs: int = 4000
     vae_width: int = 16  # AutoencoderKLWan base_dim (the real VAE: 96); width 4 decoded a blurred mean scene
-    vae_steps: int = 4000  # 2000 left the colours shifted (held-out L1 0.108); 4000 reaches 0.039
+    vae_steps: int = 4000  # 2000 left the colours shifted (held-out L1 0.108); 4000: 0.048, colours right
     vae_batch: int = 8
     vae_lr: float = 2e-3
     dit_steps: int = 14000
