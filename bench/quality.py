@@ -32,7 +32,8 @@ from lowmem.guidance import guidance_batch
 from lowmem.images import to_model_tensor, to_pil
 from lowmem.models.joint_attention import TextPadding
 from lowmem.pipeline import SpatialEditPipeline
-from lowmem.scene_scoring import edit_succeeded, psnr, ssim, vae_roundtrip
+from lowmem.image_metrics import psnr, ssim
+from lowmem.scene_scoring import edit_succeeded, vae_roundtrip
 from lowmem.scenes import EDIT_KINDS, HELD_OUT_SEEDS, EditPair, render_pair
 from lowmem.spotedit import SpotConfig, spot_denoise
 from lowmem.spotedit.selector import dilate, tokens_to_latent

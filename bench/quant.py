@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from timing import interleaved_best
 
+from lowmem.image_metrics import psnr
 from lowmem.loading import load_quantized_dit
 from lowmem.models.dit_config import TINY_DIT_CONFIG, DiTConfig
 from lowmem.models.dit_loading import load_dit
@@ -50,11 +51,6 @@ def scene() -> Image.Image:
     canvas = np.full((64, 64, 3), (200, 210, 225), dtype=np.uint8)
     canvas[20:44, 20:44] = (180, 60, 40)
     return Image.fromarray(canvas)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def dit_inputs(config: DiTConfig, grid: int):

@@ -11,6 +11,7 @@ import torch
 
 from lowmem.cli import main as cli_main
 from lowmem.errors import CorruptCheckpointError, LowmemError, ManifestVersionError, OutputPathError
+from lowmem.image_metrics import psnr
 from lowmem.loading import load_quantized_dit
 from lowmem.models.layout import open_model_folder
 from lowmem.pipeline import SpatialEditPipeline
@@ -24,11 +25,6 @@ PROMPT = "Rotate the object to show the front side view."
 def converted(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("quant")
     return {s: convert(tiny_model, root / s, s, progress=False, print_table=False) and root / s for s in ("int8", "nf4")}
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def velocity(dit, seed=0):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from lowmem.scene_scoring import edit_succeeded, object_pixels, psnr, ssim
+from lowmem.image_metrics import psnr, ssim
+from lowmem.scene_scoring import edit_succeeded, object_pixels
 from lowmem.scenes import EDIT_KINDS, HELD_OUT_SEEDS, render_pair
 
 SEEDS = range(HELD_OUT_SEEDS, HELD_OUT_SEEDS + 6)
