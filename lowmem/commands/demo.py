@@ -11,14 +11,16 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 from PIL import Image
 
+from lowmem import instructions
 from lowmem.commands.edit_args import add_edit_arguments, instruction_from_args, spot_from_args
 from lowmem.errors import OutputPathError
 from lowmem.instructions import EditInstruction
 from lowmem.paths import check_output_path, check_writable_folder, same_file
-from lowmem.scenes import HELD_OUT_SEEDS, OBJECT_NAME, render_pair
+from lowmem.scenes import HELD_OUT_SEEDS, OBJECT_NAME, EditPair, render_pair
 from lowmem.trained_model import TINY_SPOT_DILATION
 
 HELP = "quantize, plan and run a geometric edit end to end (on the shipped trained tiny model when no --model is given)"
@@ -28,7 +30,7 @@ TINY_RESOLUTION = 64
 # often (README, "A tiny SpatialEdit trained here"), and this scene is one it gets right.
 DEMO_SEED, DEMO_KIND = HELD_OUT_SEEDS, "scale"
 DEFAULT_ROTATION = "front left"  # the edit when --image is given without one
-EDIT_FLAGS = ("instruction", "move_box", "scale", "camera_yaw", "camera_pitch", "zoom")
+EDIT_FLAGS = ("instruction", "rotate", "move_box", "scale", "camera_yaw", "camera_pitch", "zoom")
 OUTPUT_NAMES = ("input.png", "output.png", "spot_mask.png", "side_by_side.png", "report.json")
 
 
@@ -46,10 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         spot_dilation=TINY_SPOT_DILATION)
 
 
-def demo_scene(size: int = TINY_RESOLUTION) -> tuple[Image.Image, EditInstruction]:
-    """The default input and its edit: a held-out rendered scene of the kind the tiny model learned."""
-    pair = render_pair(DEMO_SEED, DEMO_KIND, size=size)
-    return pair.source.image, pair.instruction
+def default_edit(args: argparse.Namespace, scene: Optional[EditPair]) -> EditInstruction:
+    """The edit when no edit flag is given: the demo scene's own, or a rotation of another image
+    (the scene's move box, say, is in the scene's pixels)."""
+    return scene.instruction if scene is not None else instructions.rotate(args.object, DEFAULT_ROTATION)
 
 
 def side_by_side(*images: Image.Image) -> Image.Image:
@@ -85,18 +87,12 @@ def run(args: argparse.Namespace) -> int:
 
     # Everything that needs no torch first: a mistake is reported in a fraction of a second.
     check_out_dir(args)
-    scene, scene_edit = demo_scene()
-    if args.rotate is None and all(getattr(args, flag) in (None, False) for flag in EDIT_FLAGS):
-        if args.image is None:
-            instruction = scene_edit
-        else:  # the scene's box is in the scene's pixels: another image gets a rotation
-            args.rotate = DEFAULT_ROTATION
-            instruction = instruction_from_args(args)
-    else:
-        instruction = instruction_from_args(args)
+    scene = None if args.image else render_pair(DEMO_SEED, DEMO_KIND, size=TINY_RESOLUTION)
+    edit_given = any(getattr(args, flag) not in (None, False) for flag in EDIT_FLAGS)
+    instruction = instruction_from_args(args) if edit_given else default_edit(args, scene)
     if args.model is not None:
         open_model_folder(args.model)
-    image = load_image(args.image) if args.image else scene
+    image = load_image(args.image) if args.image else scene.source.image
     instruction.check_box_inside(image.size)  # --move-box is in the input image's pixels
 
     from lowmem.images import save_image_atomic
