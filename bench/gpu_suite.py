@@ -39,8 +39,9 @@ from torch import nn
 from lowmem.models.dit import SpatialEditDiT, build_dit
 from lowmem.models.dit_config import FULL_DIT_CONFIG, DiTConfig
 from lowmem.models.joint_attention import TextPadding
-from lowmem.offload import BudgetError, apply_plan, format_bytes, plan_for
-from lowmem.offload.planner import INSTRUCTION_TOKENS, dit_text_tokens
+from lowmem.offload import BudgetError, apply_plan, format_bytes
+from lowmem.planning import plan_for
+from lowmem.planning.planner import INSTRUCTION_TOKENS, dit_text_tokens
 from lowmem.spotedit import DiTSpotModel, fusion_alpha
 from quantize import swap_linears
 from quantize.schemes import DEFAULT_BACKEND, quantize_linear_weight

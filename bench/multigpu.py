@@ -94,7 +94,7 @@ def main() -> None:
         work = Path(tmp)
         model = args.model
         if model is None:
-            from lowmem.testing import write_tiny_model
+            from lowmem.tiny.random_model import write_tiny_model
 
             model = write_tiny_model(work / "tiny")
         device = "CPU" if not __import__("torch").cuda.is_available() else "CPU (the benchmark runs --device cpu)"

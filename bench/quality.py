@@ -2,13 +2,13 @@
 
     python bench/quality.py [--model DIR] [--fast] [--out result.json]
 
-The model is the shipped trained tiny one (lowmem.trained_model) unless DIR names another trained
+The model is the shipped trained tiny one (lowmem.tiny.trained_model) unless DIR names another trained
 on the rendered scenes (`lowmem train-tiny --out DIR`); on any other model the numbers measure nothing.
 
-Four tables, all on pairs rendered from seeds no training run reaches (lowmem.scenes.HELD_OUT_SEEDS):
+Four tables, all on pairs rendered from seeds no training run reaches (lowmem.tiny.scenes.HELD_OUT_SEEDS):
   1. edit success per kind: PSNR / SSIM of the edit against the rendered ground truth, beside the
      copy-the-input baseline, and the share of edits that did what the instruction says
-     (`lowmem.scene_scoring.edit_succeeded` states the test per kind);
+     (`lowmem.tiny.scene_scoring.edit_succeeded` states the test per kind);
   2. int8 and nf4 on both backends against the full-precision model: PSNR of the edited image and
      relative error of the DiT velocity on the same inputs;
   3. SpotEdit against the full-step edit: PSNR / SSIM, the mean active-token fraction, whether the
@@ -28,17 +28,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lowmem.guidance import guidance_batch
-from lowmem.images import to_model_tensor, to_pil
+from lowmem.models.guidance import guidance_batch
+from lowmem.common.images import to_model_tensor, to_pil
 from lowmem.models.joint_attention import TextPadding
 from lowmem.pipeline import SpatialEditPipeline
-from lowmem.image_metrics import psnr, ssim
-from lowmem.scene_scoring import edit_succeeded, vae_roundtrip
-from lowmem.scenes import EDIT_KINDS, HELD_OUT_SEEDS, EditPair, render_pair
+from lowmem.common.image_metrics import psnr, ssim
+from lowmem.tiny.scene_scoring import edit_succeeded, vae_roundtrip
+from lowmem.tiny.scenes import EDIT_KINDS, HELD_OUT_SEEDS, EditPair, render_pair
 from lowmem.spotedit import SpotConfig, spot_denoise
 from lowmem.spotedit.selector import dilate, tokens_to_latent
 from lowmem.loading import load_quantized_dit
-from lowmem.trained_model import TINY_SPOT_DILATION, trained_tiny_model
+from lowmem.tiny.trained_model import TINY_SPOT_DILATION, trained_tiny_model
 from quantize import convert
 
 SIZE = 64

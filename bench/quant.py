@@ -32,13 +32,13 @@ import torch
 from PIL import Image
 from timing import interleaved_best
 
-from lowmem.image_metrics import psnr
+from lowmem.common.image_metrics import psnr
 from lowmem.loading import load_quantized_dit
 from lowmem.models.dit_config import TINY_DIT_CONFIG, DiTConfig
 from lowmem.models.dit_loading import load_dit
 from lowmem.models.layout import open_model_folder
 from lowmem.pipeline import SpatialEditPipeline
-from lowmem.testing import write_tiny_model
+from lowmem.tiny.random_model import write_tiny_model
 from quantize import convert, read_manifest
 from quantize.schemes import (BACKENDS, DEFAULT_BACKEND_BY_DEVICE, GROUP_SIZE, SCHEMES, dequantize, quantize_linear_weight,
                               weight_error)

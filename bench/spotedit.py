@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> dict:
     model = make_model(args.hidden, args.blocks, args.heads, args.device)
     vae = random_vae(TINY_VAE_CONFIG if args.fast else FULL_VAE_CONFIG, args.device)
     counts = schedule_counts(args.steps)
-    from lowmem.offload.planner import dit_text_tokens
+    from lowmem.planning.planner import dit_text_tokens
 
     return {
         "config": {"hidden": args.hidden, "blocks": args.blocks, "heads": args.heads, "batch": 2,

@@ -28,7 +28,8 @@ import torch
 
 from lowmem.models.dit import build_dit
 from lowmem.models.dit_config import DiTConfig
-from lowmem.offload import apply_plan, format_bytes, plan_for
+from lowmem.offload import apply_plan, format_bytes
+from lowmem.planning import plan_for
 
 
 def make_dit(hidden: int, depth: int, dtype: torch.dtype) -> torch.nn.Module:

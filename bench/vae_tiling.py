@@ -10,7 +10,7 @@ a CPU run takes minutes), untiled and at each tile size and overlap, all in this
   difference in 8-bit levels;
 - decode time relative to the untiled decode;
 - the live-byte peak of the full-width Wan2.1 VAE decode at --peak-resolution, traced on the `meta`
-  device (lowmem.offload.live_bytes), relative to untiled: what the planner saves by tiling.
+  device (lowmem.planning.live_bytes), relative to untiled: what the planner saves by tiling.
 
 Random weights are not the trained VAE: the PSNR shows where tiles' seams start to matter, not the
 trained model's exact numbers.
@@ -34,7 +34,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from lowmem.models.vae import FULL_VAE_CONFIG, WanVAE
-from lowmem.offload.live_bytes import trace_peak
+from lowmem.planning.live_bytes import trace_peak
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from lowmem.images import load_image
-from lowmem.scenes import HELD_OUT_SEEDS, OBJECT_NAME, render_pair
-from lowmem.trained_model import trained_tiny_model
+from lowmem.common.images import load_image
+from lowmem.tiny.scenes import HELD_OUT_SEEDS, OBJECT_NAME, render_pair
+from lowmem.tiny.trained_model import trained_tiny_model
 
 
 def example_arguments(description: str) -> argparse.ArgumentParser:

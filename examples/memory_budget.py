@@ -8,7 +8,7 @@ from _common import example_arguments, model_and_image
 from lowmem import instructions
 from lowmem.pipeline import default_device
 from lowmem.spotedit import SpotConfig
-from lowmem.testing import tiny_model_budget
+from lowmem.tiny.random_model import tiny_model_budget
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from lowmem.errors import InstructionError
 
 if TYPE_CHECKING:
-    from lowmem.images import BucketFit
+    from lowmem.common.images import BucketFit
 
 VIEWS = ("front", "rear", "left", "right", "front left", "front right", "rear left", "rear right")
 YAW_STEP, YAW_LIMIT = 45, 180

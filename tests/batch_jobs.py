@@ -31,8 +31,8 @@ def read_report(out: Path) -> list[dict]:
 
 def expected_image(pipeline, folder: Path, job: dict) -> np.ndarray:
     """The image `lowmem edit` makes for this job (the same pipeline call)."""
-    from lowmem.commands.edit import add_arguments
-    from lowmem.commands.edit_args import instruction_from_args
+    from lowmem.cli.edit import add_arguments
+    from lowmem.edits.fields import instruction_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny seeded model folder per test session, written through lowmem.testing."""
+"""Shared fixtures: one tiny seeded model folder per test session, written through lowmem.tiny.random_model."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lowmem.testing import write_tiny_model
+    from lowmem.tiny.random_model import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 

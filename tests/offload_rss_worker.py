@@ -13,7 +13,8 @@ import torch
 
 from lowmem.models.dit import build_dit
 from lowmem.models.dit_config import DiTConfig
-from lowmem.offload import MemoryLedger, apply_plan, plan_for
+from lowmem.offload import MemoryLedger, apply_plan
+from lowmem.planning import plan_for
 
 
 def peak_rss() -> int:

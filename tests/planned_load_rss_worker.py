@@ -29,7 +29,7 @@ def edit(model: str, image: str, out: str, budget: str) -> int:
 def main(model: str, image: str, out: str, budget: str, warmup_model: str) -> None:
     import torch
 
-    from lowmem.host_memory import return_freed_memory
+    from lowmem.common.host_memory import return_freed_memory
 
     torch.set_num_threads(1)
     if edit(warmup_model, image, out + ".warmup.png", budget) != 0:

@@ -188,7 +188,7 @@ def test_doctor_json_into_a_missing_folder(tmp_path, capsys):
 def test_out_of_device_memory_is_one_line_with_what_to_change(monkeypatch, capsys):
     import torch
 
-    from lowmem.commands import doctor
+    from lowmem.cli import doctor
 
     def exhausted(args):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")

@@ -15,7 +15,7 @@ from PIL import Image
 
 from lowmem.models.conditioner import QwenVLConditioner
 from lowmem.models.prompt import SYSTEM_TURN, TURN_START, build_prompt
-from lowmem.models.tiny_qwen3vl import write_tiny_qwen3vl
+from lowmem.tiny.qwen3vl import write_tiny_qwen3vl
 
 INSTRUCTION = "Rotate the object to the left view."
 

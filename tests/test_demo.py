@@ -8,13 +8,13 @@ import torch
 from PIL import Image
 
 from lowmem.cli import main
-from lowmem.commands.demo import DEMO_KIND, DEMO_SEED
+from lowmem.cli.demo import DEMO_KIND, DEMO_SEED
 from lowmem.models.layout import open_model_folder
 from lowmem.models.vae import load_folder_vae
-from lowmem.scene_scoring import edit_succeeded, vae_roundtrip
-from lowmem.scenes import render_pair
+from lowmem.tiny.scene_scoring import edit_succeeded, vae_roundtrip
+from lowmem.tiny.scenes import render_pair
 from lowmem.spotedit.selector import two_means_threshold
-from lowmem.trained_model import trained_tiny_model
+from lowmem.tiny.trained_model import trained_tiny_model
 
 
 def test_demo_runs_the_whole_flow_on_the_shipped_model_and_the_edit_is_recognisable(tmp_path, capsys):

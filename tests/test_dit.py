@@ -7,7 +7,7 @@ import torch
 from lowmem.models.dit import build_dit, parameter_count
 from lowmem.models.dit_config import FULL_DIT_CONFIG, TINY_DIT_CONFIG
 from lowmem.models.rope import apply_rope, grid_rope
-from lowmem.testing import tiny_dit_state_dict
+from lowmem.tiny.random_model import tiny_dit_state_dict
 
 
 def tiny_float_dit():

@@ -12,7 +12,7 @@ from lowmem.models.dit import build_dit
 from lowmem.models.dit_config import TINY_DIT_CONFIG
 from lowmem.models.joint_attention import TextPadding, joint_attention
 from lowmem.spotedit import DiTSpotModel
-from lowmem.testing import tiny_dit_state_dict
+from lowmem.tiny.random_model import tiny_dit_state_dict
 
 CFG = TINY_DIT_CONFIG
 

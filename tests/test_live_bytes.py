@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowmem.offload.live_bytes import LiveBytes, trace_peak
+from lowmem.planning.live_bytes import LiveBytes, trace_peak
 
 META = "meta"
 

@@ -12,7 +12,7 @@ import torch
 from lowmem.errors import CorruptCheckpointError, ModelFolderError, OutputPathError
 from lowmem.models.dit_loading import load_dit
 from lowmem.models.layout import DIT_INDEX, open_model_folder
-from lowmem.testing import tiny_dit_state_dict, write_tiny_model
+from lowmem.tiny.random_model import tiny_dit_state_dict, write_tiny_model
 
 
 def test_tiny_folder_has_the_official_layout(tiny_model: Path):

@@ -51,7 +51,7 @@ def test_rope_tables_are_built_once_per_grid_and_device():
 def test_rope_keeps_two_half_size_float32_temporaries_at_most():
     """Issue 11: RoPE of a 1024² CFG image query used to hold five full-size float32 temporaries."""
     from lowmem.models.rope import apply_rope
-    from lowmem.offload.live_bytes import trace_peak
+    from lowmem.planning.live_bytes import trace_peak
 
     x = torch.empty(2, 8192, 32, 128, device="meta", dtype=torch.bfloat16)
     cos = torch.empty(8192, 128, device="meta")
@@ -67,7 +67,7 @@ def test_full_size_block_peak_is_its_image_mlp_with_nothing_of_the_attention_ali
     Now its peak is the image MLP: new image stream, MLP input, MLP hidden and its GELU, new text stream."""
     from lowmem.models.dit_block import BlockContext, MMDoubleStreamBlock
     from lowmem.models.joint_attention import TextPadding
-    from lowmem.offload.live_bytes import trace_peak
+    from lowmem.planning.live_bytes import trace_peak
 
     hidden, tokens, text, batch = 4096, 2 * 64 * 64, 1100, 2
     with torch.device("meta"):

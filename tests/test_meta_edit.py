@@ -26,7 +26,7 @@ import pytest
 import torch
 from PIL import Image
 
-import lowmem.pipeline
+import lowmem.pipeline.spatial_edit
 import lowmem.spotedit.denoise
 from lowmem.pipeline import SpatialEditPipeline
 from lowmem.spotedit import SpotConfig
@@ -71,7 +71,7 @@ def decoded(monkeypatch) -> list[torch.Tensor]:
         seen.append(tensor)
         return Image.new("RGB", (tensor.shape[-1], tensor.shape[-2]))
 
-    monkeypatch.setattr(lowmem.pipeline, "to_pil", to_pil)
+    monkeypatch.setattr(lowmem.pipeline.spatial_edit, "to_pil", to_pil)
     monkeypatch.setattr(lowmem.spotedit.denoise, "SpotSelector", HostChosenSpots)
     return seen
 
@@ -123,7 +123,7 @@ def test_quantized_plan(tiny_model, decoded, scheme):
 def test_streamed_conditioner_plan(tiny_model, decoded, monkeypatch):
     """The planner never streams the tiny conditioner (0.6 MB), so its real plan is taken and the
     conditioner's placement switched to "streamed": its decoder layers go through device slots."""
-    import lowmem.offload.planned_load as planned_load
+    import lowmem.pipeline.planned_load as planned_load
 
     real_plan_for = planned_load.plan_for
 

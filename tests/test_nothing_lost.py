@@ -226,7 +226,7 @@ def test_quantize_refuses_a_truncated_vae(model_copy, tmp_path, capsys):
 
 
 def test_import_refuses_a_vae_that_is_not_one(tiny_model, tmp_path, capsys):
-    from lowmem.testing import tiny_dit_state_dict
+    from lowmem.tiny.random_model import tiny_dit_state_dict
 
     dit = tmp_path / "dit.pt"
     torch.save(tiny_dit_state_dict(), dit)
@@ -325,7 +325,7 @@ def test_move_box_follows_the_centre_crop(tiny_pipeline):
 
     from lowmem import instructions
 
-    from lowmem.images import fit_bucket
+    from lowmem.common.images import fit_bucket
 
     wide = Image.new("RGB", (512, 256), (200, 210, 225))
     fit = fit_bucket(512, 256, 64)
@@ -357,7 +357,7 @@ def test_move_box_outside_the_input_image_is_refused(tiny_pipeline, tiny_model, 
 
 @pytest.mark.parametrize("raised, said", [(RuntimeError("boom"), "failed after"), (KeyboardInterrupt(), "interrupted after")])
 def test_a_failed_phase_is_not_reported_done(raised, said, capsys):
-    from lowmem.report import RunReport
+    from lowmem.pipeline.report import RunReport
 
     report = RunReport(device="cpu", dtype="float32")
     with pytest.raises(type(raised)):

@@ -15,7 +15,7 @@ from lowmem.models.dit_loading import load_dit
 from lowmem.models.layout import open_model_folder
 from lowmem.models.official_import import infer_dit_config
 from lowmem.pipeline import SpatialEditPipeline
-from lowmem.testing import tiny_dit_state_dict
+from lowmem.tiny.random_model import tiny_dit_state_dict
 
 RANK, ALPHA = 4, 8
 ADAPTED = ["double_blocks.0.img_attn_qkv", "double_blocks.1.txt_mlp.net.2"]

@@ -25,7 +25,8 @@ def test_budgeted_pipeline_matches_resident(tiny_model, tiny_pipeline, scene):
 
 
 def test_budgeted_pipeline_streams_when_forced(tiny_model, tiny_pipeline, scene):
-    from lowmem.offload import OffloadRuntime, plan_for
+    from lowmem.offload import OffloadRuntime
+    from lowmem.planning import plan_for
     from lowmem.pipeline import SpatialEditPipeline
 
     expected = tiny_pipeline.edit(scene, "move it", steps=2, seed=1, resolution=64, progress=False)
@@ -74,7 +75,7 @@ def test_editing_above_the_planned_resolution_is_refused(tiny_model, scene):
 
 
 def test_auto_budget_plans_for_what_is_free(tiny_model):
-    from lowmem.machine import available_memory
+    from lowmem.common.machine import available_memory
 
     pipe = lowmem.load(tiny_model, memory_budget="auto", device="cpu", resolution=64)
     plan = pipe.offload.plan
@@ -83,7 +84,8 @@ def test_auto_budget_plans_for_what_is_free(tiny_model):
 
 
 def test_conditioner_streamed_by_layer_gives_the_same_image(tiny_model, tiny_pipeline, scene):
-    from lowmem.offload import OffloadRuntime, plan_for
+    from lowmem.offload import OffloadRuntime
+    from lowmem.planning import plan_for
     from lowmem.offload.conditioner_placement import StreamedConditioner
     from lowmem.pipeline import SpatialEditPipeline
 

@@ -9,8 +9,9 @@ import pytest
 from lowmem.cli import main
 from lowmem.models.dit import build_dit
 from lowmem.models.dit_config import FULL_DIT_CONFIG, TINY_DIT_CONFIG
-from lowmem.offload import BudgetError, Plan, PresetError, available_presets, load_preset, parse_bytes, plan_for, spread
-from lowmem.offload.presets import parse_preset
+from lowmem.offload import BudgetError, Plan, parse_bytes
+from lowmem.planning import PresetError, available_presets, load_preset, plan_for, spread
+from lowmem.planning.presets import parse_preset
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +220,7 @@ def test_spotedit_plans_count_what_the_selector_keeps():
 
     from lowmem.models.dit_config import FULL_DIT_CONFIG
     from lowmem.models.vae import FULL_VAE_CONFIG
-    from lowmem.offload import phase_peaks as peaks
+    from lowmem.planning import phase_peaks as peaks
 
     plan = plan_for(FULL_DIT_CONFIG, preset="rtx4090-24gb")
     kept = plan.estimate.phases["denoise"]["spotedit selector state"]

@@ -9,7 +9,8 @@ import torch
 
 from lowmem.models.dit import build_dit
 from lowmem.models.dit_config import DiTConfig
-from lowmem.offload import MemoryLedger, apply_plan, plan_for
+from lowmem.offload import MemoryLedger, apply_plan
+from lowmem.planning import plan_for
 
 SIX_BLOCKS = DiTConfig(hidden_size=64, heads_num=2, mm_double_blocks_depth=6, text_states_dim=64, rope_dim_list=(8, 12, 12))
 PLANS = {

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from lowmem import instructions
-from lowmem.guidance import guided_velocity
+from lowmem.models.guidance import guided_velocity
 
 PROMPT = "Rotate the object to show the front left side view."
 

@@ -10,10 +10,11 @@ import torch
 
 from lowmem.models.dit_config import FULL_DIT_CONFIG
 from lowmem.models.vae import FULL_VAE_CONFIG
-from lowmem.offload import BudgetError, available_presets, load_preset, plan_for
-from lowmem.offload import phase_peaks as peaks
-from lowmem.offload.live_bytes import trace_peak
-from lowmem.offload.reserve import fixed_reserve
+from lowmem.offload import BudgetError
+from lowmem.planning import available_presets, load_preset, plan_for
+from lowmem.planning import phase_peaks as peaks
+from lowmem.planning.live_bytes import trace_peak
+from lowmem.planning.reserve import fixed_reserve
 
 WEIGHT_ITEMS = ("vlm weights", "dit other weights", "dit resident blocks", "dit slots", "spotedit caches", "vae weights")
 VAE = peaks.vae_config_key(FULL_VAE_CONFIG)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lowmem.models.dit_config import DiTConfig
-from lowmem.testing import write_tiny_model
+from lowmem.tiny.random_model import write_tiny_model
 
 WORKER = Path(__file__).with_name("planned_load_rss_worker.py")
 SLACK = 64 * 2**20  # allocator and page granularity, the tiny conditioner and VAE, temporaries of torch ops

@@ -67,7 +67,7 @@ def test_chunked_4bit_unpack_equals_the_library(monkeypatch):
 def test_dequantize_live_bytes_are_the_result_plus_a_small_constant(scheme, backend, dtype):
     """Traced on meta at the DiT's largest Linear (4096 -> 16384): the library paths held float32
     copies and unpacked codes of the whole weight (3-6 bytes per weight for a bf16 result)."""
-    from lowmem.offload.live_bytes import trace_peak
+    from lowmem.planning.live_bytes import trace_peak
 
     shape = (16384, 4096)
     stored = {k: torch.empty(s, dtype=d, device="meta") for k, (s, d) in packed_layout(shape, scheme, backend).items()}

@@ -41,7 +41,7 @@ print(json.dumps(result))
 
 @pytest.fixture(scope="module")
 def medium_model(tmp_path_factory):
-    from lowmem.testing import write_tiny_model
+    from lowmem.tiny.random_model import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("medium") / "m", dit_config=MEDIUM)
 

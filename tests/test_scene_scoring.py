@@ -1,4 +1,4 @@
-"""The edit-success checks of `lowmem.scene_scoring` pass the ground truth and fail what is not an edit."""
+"""The edit-success checks of `lowmem.tiny.scene_scoring` pass the ground truth and fail what is not an edit."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from lowmem.image_metrics import psnr, ssim
-from lowmem.scene_scoring import edit_succeeded, object_pixels
-from lowmem.scenes import EDIT_KINDS, HELD_OUT_SEEDS, render_pair
+from lowmem.common.image_metrics import psnr, ssim
+from lowmem.tiny.scene_scoring import edit_succeeded, object_pixels
+from lowmem.tiny.scenes import EDIT_KINDS, HELD_OUT_SEEDS, render_pair
 
 SEEDS = range(HELD_OUT_SEEDS, HELD_OUT_SEEDS + 6)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lowmem import instructions
-from lowmem.scenes import EDIT_KINDS, FACES, VIEW_YAWS, render_pair
+from lowmem.tiny.scenes import EDIT_KINDS, FACES, VIEW_YAWS, render_pair
 
 
 def _pixels(image) -> np.ndarray:

@@ -11,7 +11,7 @@ from lowmem.models.dit_config import TINY_DIT_CONFIG
 from lowmem.models.rope import apply_rope, grid_rope
 from lowmem.spotedit import DiTSpotModel, SpotHook, SpotKVCache, fusion_alpha, gather_rope
 from lowmem.spotedit.attention import frame_shift_rope
-from lowmem.testing import tiny_dit_state_dict
+from lowmem.tiny.random_model import tiny_dit_state_dict
 
 CFG = TINY_DIT_CONFIG
 

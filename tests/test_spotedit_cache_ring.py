@@ -237,7 +237,8 @@ def test_streamed_weights_and_host_caches_share_one_ordered_protocol(dit, device
     """The DiT's blocks stream through the weight ring while their caches move through the cache
     ring, on the same streams: one log, checked as a whole, and the numbers of resident weights with
     caches on the device."""
-    from lowmem.offload import apply_plan, plan_for
+    from lowmem.offload import apply_plan
+    from lowmem.planning import plan_for
 
     model = copy.deepcopy(dit)
     plan = plan_for(model, "256MB", 128, device="cpu", storage="pageable", max_resident_blocks=resident, slots=slots,

@@ -9,10 +9,10 @@ import torch
 
 from lowmem.cli import main
 from lowmem.models.dit_config import FULL_DIT_CONFIG
-from lowmem.offload import PresetError, load_preset, plan_for
-from lowmem.offload import phase_peaks as peaks
-from lowmem.offload.presets import parse_preset
-from lowmem.offload.time_model import count_flops, denoise_seconds, dit_flops, predict
+from lowmem.planning import PresetError, load_preset, plan_for
+from lowmem.planning import phase_peaks as peaks
+from lowmem.planning.presets import parse_preset
+from lowmem.planning.time_model import count_flops, denoise_seconds, dit_flops, predict
 
 
 def test_flops_extrapolated_from_two_depths_equal_a_full_count():

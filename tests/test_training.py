@@ -11,13 +11,13 @@ from diffusers import AutoencoderKLWan
 from lowmem.cli import main
 from lowmem.models.dit_loading import read_dit_config
 from lowmem.models.layout import open_model_folder
-from lowmem.images import to_model_tensor
+from lowmem.common.images import to_model_tensor
 from lowmem.models.vae import TINY_VAE_CONFIG, WanVAE
 from lowmem.pipeline import SpatialEditPipeline
-from lowmem.scenes import HELD_OUT_SEEDS, render_pair
-from lowmem.training import TRAINED_DIT_CONFIG
-from lowmem.training.flow_matching import shifted_sigmas
-from lowmem.training.single_frame import single_frame_convolutions
+from lowmem.tiny.scenes import HELD_OUT_SEEDS, render_pair
+from lowmem.tiny.training import TRAINED_DIT_CONFIG
+from lowmem.tiny.training.flow_matching import shifted_sigmas
+from lowmem.tiny.training.single_frame import single_frame_convolutions
 
 
 def _mean(values):

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from lowmem.batch.execute import JobOutcome
 from lowmem.batch.jobs import BadJob, Job
 from lowmem.batch.report import REPORT_NAME, BatchReport
-from lowmem.images import save_image_atomic
+from lowmem.common.images import save_image_atomic
 
 
 def remove_leftover_temporaries(folder: Path, names: list[str]) -> None:

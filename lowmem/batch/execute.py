@@ -18,7 +18,6 @@ from PIL import Image
 from lowmem.batch.jobs import Job
 from lowmem.errors import LowmemError
 from lowmem.pipeline import SpatialEditPipeline, default_device
-from lowmem.spotedit import SpotConfig
 
 
 @dataclass(frozen=True)
@@ -67,10 +66,10 @@ def worker_name() -> str:
 def execute(pipe: SpatialEditPipeline, job: Job, settings: BatchSettings) -> JobOutcome:
     """Run one job; a job that fails (bad image, a plan it does not fit, ...) returns its error instead."""
     start = time.perf_counter()
-    spot = SpotConfig(threshold=job.spot_threshold, dilation=job.spot_dilation) if settings.spot else None
+    spec = job.spec
     try:
-        result = pipe.edit(job.image, job.instruction, steps=job.steps, guidance=job.guidance, seed=job.seed,
-                           resolution=settings.resolution, progress=False, spot=spot)
+        result = pipe.edit(job.image, spec.instruction, steps=spec.steps, guidance=spec.guidance, seed=spec.seed,
+                           resolution=settings.resolution, progress=False, spot=spec.spot(settings.spot))
     except LowmemError as exc:
         return JobOutcome(None, time.perf_counter() - start, str(exc), worker=worker_name())
     except Exception as exc:  # noqa: BLE001 - one broken job (out of memory, a bug) must not stop thousands of others

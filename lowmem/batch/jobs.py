@@ -1,9 +1,8 @@
 """JOBS.jsonl -> jobs: each line one `lowmem edit`, its fields named as the edit's flags.
 
 A line such as {"image": "a.png", "rotate": "back", "seed": 3, "name": "a-back.png"} is turned into
-the flags `--image a.png --rotate back --seed 3` and parsed by the same argument definitions and
-instruction builder as `lowmem edit` (lowmem/commands/edit_args.py), so a job accepts and refuses
-exactly what the command does. Flags given to `lowmem batch` itself are every job's defaults.
+the flags `--image a.png --rotate back --seed 3` and read into an `EditSpec` by the same fields as
+`lowmem edit` (lowmem/edits/fields.py), so a job accepts and refuses exactly what the command does. Flags given to `lowmem batch` itself are every job's defaults.
 A line that cannot become a job is kept as a `BadJob` with its error: it is reported, not fatal.
 """
 
@@ -16,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from lowmem.commands.edit_args import add_edit_arguments, instruction_from_args
+from lowmem.edits import EditSpec, add_edit_arguments, edit_spec
 from lowmem.errors import LowmemError
-from lowmem.instructions import EditInstruction
 
 # Chosen when the pipeline is loaded (the plan depends on them), so set once per batch, not per job.
 BATCH_ONLY_FIELDS = ("resolution", "spot")
@@ -39,17 +37,12 @@ class Job:
     line: int  # 1-based line of the jobs file
     name: str  # output file name inside the batch folder
     image: Path
-    instruction: EditInstruction
-    steps: int
-    guidance: float
-    seed: int
-    spot_threshold: Union[float, str]
-    spot_dilation: int
+    spec: EditSpec
     fingerprint: str  # changes when anything that changes the output image changes
 
     def describe(self) -> dict:
-        return {"line": self.line, "name": self.name, "image": str(self.image), "instruction": self.instruction.text,
-                "steps": self.steps, "guidance": self.guidance, "seed": self.seed}
+        return {"line": self.line, "name": self.name, "image": str(self.image), "instruction": self.spec.instruction.text,
+                "steps": self.spec.steps, "guidance": self.spec.guidance, "seed": self.spec.seed}
 
 
 @dataclass(frozen=True)
@@ -126,11 +119,10 @@ def parse_job(text: str, line: int, defaults: argparse.Namespace, base: Path, co
     args = parser.parse_args(argv)
     if args.steps < 1:
         raise JobError(f"steps must be at least 1, got {args.steps}")
-    instruction = instruction_from_args(args)
+    spec = edit_spec(args)
     image = args.image if args.image.is_absolute() else base / args.image
     name = _output_name(args.name, line, image)
-    return Job(line=line, name=name, image=image, instruction=instruction, steps=args.steps, guidance=args.guidance,
-               seed=args.seed, spot_threshold=args.spot_threshold, spot_dilation=args.spot_dilation,
+    return Job(line=line, name=name, image=image, spec=spec,
                fingerprint=_fingerprint({k: v for k, v in vars(args).items() if k != "image"}, image, context))
 
 

@@ -14,7 +14,7 @@ from typing import Optional, Union
 from PIL import Image, UnidentifiedImageError
 
 from lowmem.batch.jobs import BadJob, Job
-from lowmem.paths import write_text_atomic
+from lowmem.common.paths import write_text_atomic
 
 REPORT_NAME = "report.jsonl"
 FINISHED = ("done", "skipped")

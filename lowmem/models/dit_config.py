@@ -1,7 +1,7 @@
 """Configuration of the SpatialEdit MM-DiT, in the official argument names.
 
 The official release configures `Transformer3DModel` from a Python config file; we keep the same
-field names so a `transformer/config.json` written from it (or by `lowmem.testing`) reads directly.
+field names so a `transformer/config.json` written from it (or by `lowmem.tiny.random_model`) reads directly.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lowmem.errors import ModelFolderError
-from lowmem.json_files import read_json_object
+from lowmem.common.json_files import read_json_object
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ The official SpatialEdit release ships ``Wan2.1_VAE.pth`` with the original Wan 
 (``encoder.conv1``, ``encoder.downsamples.N.residual.K``, ``decoder.upsamples.N``, ``conv1``/``conv2``
 for the quant convs, ...). Loading goes through diffusers' own converter
 (:func:`diffusers.loaders.single_file_utils.convert_wan_vae_to_diffusers`), so the official direction
-is never re-implemented here. The inverse map below exists only so tests and ``lowmem.testing`` can
+is never re-implemented here. The inverse map below exists only so tests and ``lowmem.tiny.random_model`` can
 write tiny checkpoints in the official on-disk layout; a round-trip test pins it to the converter.
 """
 

@@ -4,7 +4,8 @@ A plan names, per component (conditioner `vlm`, `dit`, `vae`), its precision and
 (`resident`, `streamed`, or `run-then-evicted`), which DiT blocks stay resident, how many device
 slots the streamed blocks rotate through, how far ahead they are prefetched, where streamed
 weights wait (pinned host RAM or per-block files on disk), the VAE tile size and where SpotEdit's
-K/V caches live, plus an itemised memory estimate per phase. `planner.plan_for` makes them.
+K/V caches live, plus an itemised memory estimate per phase. `lowmem.planning.planner.plan_for`
+makes them; this package runs them.
 """
 
 from __future__ import annotations

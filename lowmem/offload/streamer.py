@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import nn
 
-from lowmem.host_memory import return_freed_memory
+from lowmem.common.host_memory import return_freed_memory
 from lowmem.offload.arena import PinnedArena, arena_bytes
 from lowmem.offload.packing import BlockLayout, placeholders_for
 from lowmem.offload.reader import Job, ReaderThread

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from lowmem.errors import LowmemError
-from lowmem.guidance import guidance_batch, step_velocity
+from lowmem.models.guidance import guidance_batch, step_velocity
 from lowmem.models.joint_attention import TextPadding
 
 RANKS = 2  # [uncond ; cond]
@@ -32,7 +32,7 @@ class ParallelError(LowmemError, RuntimeError):
 
 
 class CFGParallel:
-    """The pipeline's CFG strategy (see `lowmem.guidance.BatchedGuidance`) for one rank of two."""
+    """The pipeline's CFG strategy (see `lowmem.models.guidance.BatchedGuidance`) for one rank of two."""
 
     def __init__(self, rank: int, group: dist.ProcessGroup, device: torch.device):
         self.rank = rank  # also the row of [uncond ; cond] this rank runs

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from lowmem.validation import spot_dilation, spot_threshold
+from lowmem.common.validation import spot_dilation, spot_threshold
 
 # The official defaults are written for a 50-step schedule; `schedule()` scales them.
 REFERENCE_STEPS = 50

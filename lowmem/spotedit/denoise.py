@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from lowmem.guidance import BatchedGuidance
+from lowmem.models.guidance import BatchedGuidance
 from lowmem.models.dit import SpatialEditDiT
 from lowmem.models.scheduler import make_scheduler
 from lowmem.models.vae import WanVAE

@@ -1,0 +1,63 @@
+"""`lowmem plan`: the offload plan for a memory budget, as a table (the full 16B model, built on meta)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from lowmem.common import validation
+from lowmem.common.validation import cli_type
+
+HELP = ("show how a run would use a memory budget: what stays resident, what streams, the memory estimate "
+        "(with the traced peaks behind it) and, for a preset, the predicted step time")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from lowmem.planning.presets import PRECISIONS, available_presets
+
+    parser.add_argument("--budget", help="compute-device memory budget, e.g. 24GB, 24GiB, 512MB")
+    parser.add_argument("--preset", help=f"hardware preset: {', '.join(available_presets())} (or a .toml path)")
+    parser.add_argument("--resolution", type=cli_type(validation.resolution, "resolution"), help="working resolution, N x N pixels (default: 1024 or the preset's)")
+    parser.add_argument("--quantization", choices=PRECISIONS, help="DiT weight precision (default: bf16 or the preset's)")
+    parser.add_argument("--device", choices=("cuda", "cpu"), help="compute device kind (default: cuda or the preset's)")
+    parser.add_argument("--host-ram", help="host RAM the runtime may hold/pin, e.g. 64GB")
+    parser.add_argument("--spot", dest="spot", action="store_true", default=None, help="plan for SpotEdit K/V caches")
+    parser.add_argument("--no-spot", dest="spot", action="store_false", help="no SpotEdit caches")
+    parser.add_argument("--guidance", type=cli_type(validation.guidance, "guidance"), default=5.0,
+                        help="guidance scale the edit will use (default 5.0); 1 or less plans a batch of one")
+    parser.add_argument("--model", type=Path, help="plan for this model folder's DiT config instead of the full 16B one")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lowmem.models.dit import build_dit
+    from lowmem.models.dit_config import FULL_DIT_CONFIG
+    from lowmem.planning import time_model
+    from lowmem.planning.planner import plan_for
+    from lowmem.planning.presets import load_preset
+
+    config = FULL_DIT_CONFIG
+    if args.model is not None:
+        from lowmem.models.dit_loading import read_dit_config
+        from lowmem.models.layout import open_model_folder
+
+        config = read_dit_config(open_model_folder(args.model))
+    model = build_dit(config, device="meta")
+    plan = plan_for(model, args.budget, args.resolution, args.quantization, args.spot, preset=args.preset,
+                    device=args.device, host_ram=args.host_ram, guidance=args.guidance)
+    preset = load_preset(args.preset) if args.preset else None
+    timed = preset is not None and preset.bf16_tflops and plan.device == "cuda"
+    steps = time_model.predict(plan, preset, config) if timed else []
+    if args.json:
+        data = plan.to_dict()
+        data["time_model"] = [{**asdict(s), "seconds": s.seconds} for s in steps]
+        print(json.dumps(data, indent=2))
+        return 0
+    print(plan.format_table())
+    if steps:
+        print(time_model.format_steps(steps, preset))
+    else:
+        print("time model: give a --preset with device figures (bf16_tflops, sustained, h2d_gbps) to predict step times")
+    return 0

@@ -1,1 +1,0 @@
-"""One module per `lowmem` subcommand: `add_arguments(parser)`, `run(args) -> int`, `HELP`."""

@@ -1,0 +1,33 @@
+"""EditSpec: one edit as a face asks for it, whichever face that is (a command line, a jobs-file line, a form).
+
+It holds what changes from edit to edit: the instruction and the sampling settings. The image, the
+model and how it is planned (resolution, budget, whether SpotEdit runs) belong to the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Union
+
+from lowmem.instructions import EditInstruction
+
+if TYPE_CHECKING:
+    from lowmem.spotedit import SpotConfig
+
+
+@dataclass(frozen=True)
+class EditSpec:
+    instruction: EditInstruction
+    steps: int = 30
+    guidance: float = 5.0
+    seed: int = 0
+    spot_threshold: Union[float, str] = 0.15  # a perceptual score, or "auto"
+    spot_dilation: int = 1  # tokens added around the edited region on every side
+
+    def spot(self, enabled: bool) -> Optional["SpotConfig"]:
+        """SpotEdit's settings for this edit when the run has SpotEdit on, else None."""
+        if not enabled:
+            return None
+        from lowmem.spotedit import SpotConfig  # the spotedit package imports torch and diffusers: only when used
+
+        return SpotConfig(threshold=self.spot_threshold, dilation=self.spot_dilation)

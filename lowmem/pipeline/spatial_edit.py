@@ -1,0 +1,219 @@
+"""SpatialEditPipeline: encode (Qwen3-VL + VAE) -> denoise (flow matching, batched CFG) -> decode.
+
+The sampling follows the official pipeline: the condition image is VAE-encoded once and re-inserted
+as the first item of the latents at every step; the conditional and unconditional prompts run as
+one batch of two through the DiT, so each weight is touched once per step; the guided velocity is
+rescaled to the norm of the conditional one.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from lowmem.common import validation
+from lowmem.errors import LowmemError
+from lowmem.models.guidance import BatchedGuidance, guidance_batch
+from lowmem.common.images import fit_bucket, load_image, to_model_tensor, to_pil
+from lowmem.instructions import EditInstruction
+from lowmem.models.conditioner import QwenVLConditioner
+from lowmem.models.dit import SpatialEditDiT
+from lowmem.models.joint_attention import TextPadding
+from lowmem.models.layout import open_model_folder
+from lowmem.models.scheduler import make_scheduler
+from lowmem.models.vae import WanVAE
+from lowmem.pipeline.report import RunReport
+from lowmem.spotedit import SpotConfig, spot_denoise
+
+
+@dataclass
+class EditResult:
+    image: Image.Image
+    report: RunReport
+    input_image: Image.Image  # what the model saw: resized, with the red box when there is one
+    spot_mask: Optional[Image.Image] = None  # SpotEdit's final edited region (white), None without --spot
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    # bf16 is the released precision; CPUs without bf16 matmul units run float32 much faster.
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+class SpatialEditPipeline:
+    def __init__(
+        self,
+        dit: SpatialEditDiT,
+        vae: WanVAE,
+        conditioner: QwenVLConditioner,
+        device: torch.device,
+        dtype: torch.dtype,
+    ):
+        self.dit = dit
+        self.vae = vae
+        self.conditioner = conditioner
+        self.device = device
+        self.dtype = dtype
+        self.offload = None  # lowmem.offload.OffloadRuntime when loaded with a memory budget
+        self.cfg_strategy = BatchedGuidance()  # where the CFG rows run: here, or one per rank (lowmem.parallel)
+        self.closed = False
+
+    def close(self) -> None:
+        """Give back what a budgeted pipeline holds besides its weights (device slots, pinned host
+        memory, the streamed blocks' disk files). The pipeline cannot edit afterwards."""
+        if self.offload is not None:
+            self.offload.close()
+            self.offload = None
+        self.closed = True
+
+    def __enter__(self) -> "SpatialEditPipeline":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @classmethod
+    def from_folder(
+        cls,
+        model: str | Path,
+        device: Optional[str | torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+        quantization: Optional[str] = None,
+        memory_budget: Optional[str | int] = None,
+        preset: Optional[str] = None,
+        resolution: int = 1024,
+        spot: bool = False,
+        max_resident_blocks: Optional[int] = None,
+        guidance: float = 5.0,
+    ) -> "SpatialEditPipeline":
+        """Load every component of a SpatialEdit model folder, resident on `device`.
+
+        A `lowmem quantize` folder (it has manifest.json) loads its quantized weights; with an
+        original folder, `quantization="int8"|"nf4"` quantizes the DiT and Qwen3-VL decoder while loading.
+        With `memory_budget` (e.g. "24GB", or "auto": what is free on the device now) or a hardware
+        `preset`, the planner decides what stays on the device for edits at `resolution` (with SpotEdit
+        caches when `spot`), keeping at most `max_resident_blocks` DiT blocks resident when given; the
+        rest streams; planned for edits at `guidance` (at 1 or less the DiT runs one row per forward, not the
+        CFG batch of two). Without either, everything is loaded resident.
+        """
+        validation.resolution(resolution)
+        if memory_budget is not None and memory_budget != "auto":
+            from lowmem.offload import parse_bytes
+
+            parse_bytes(memory_budget)  # 0, "" or False are refused, not taken as "no budget"
+        folder = open_model_folder(model)
+        device = torch.device(device) if device is not None else default_device()
+        dtype = dtype or default_dtype(device)
+        if memory_budget == "auto":
+            from lowmem.common.machine import available_memory
+
+            memory_budget = available_memory(device)
+        if memory_budget is not None or preset is not None:
+            from lowmem.pipeline.planned_load import load_under_plan
+
+            dit, vae, conditioner, runtime = load_under_plan(folder, device, dtype, quantization, memory_budget, preset,
+                                                             resolution, spot, max_resident_blocks, guidance)
+            pipe = cls(dit, vae, conditioner, device, dtype)
+            pipe.offload = runtime
+            return pipe
+        from lowmem.loading import ModelLoader
+
+        loader = ModelLoader(folder, device, dtype, quantization)
+        dit = loader.resident_dit()  # bad DiT weights fail before the conditioner is read
+        conditioner = loader.conditioner()
+        return cls(dit, loader.vae(), conditioner, device, dtype)
+
+    @torch.inference_mode()
+    def edit(
+        self,
+        image: Union[Image.Image, str, Path],
+        instruction: Union[str, EditInstruction],
+        steps: int = 30,
+        guidance: float = 5.0,
+        seed: int = 0,
+        resolution: int = 1024,
+        progress: bool = True,
+        spot: Optional[SpotConfig] = None,
+    ) -> EditResult:
+        """Edit `image` as `instruction` says; the same seed gives the same image."""
+        if self.closed:
+            raise LowmemError("this pipeline was closed; load the model again to edit")
+        validation.check_edit_arguments(steps, guidance, seed, resolution)
+        if self.offload is not None and resolution > self.offload.plan.resolution:
+            from lowmem.offload import BudgetError
+
+            raise BudgetError(f"this pipeline was planned for {self.offload.plan.resolution}px edits; load it with "
+                              f"resolution={resolution} (or --resolution {resolution}) to edit at {resolution}px")
+        if self.offload is not None and self.cfg_strategy.rows(guidance) > self.offload.plan.batch:
+            from lowmem.offload import BudgetError
+
+            raise BudgetError(f"this pipeline was planned for guidance <= 1 (one DiT row per step); load it with "
+                              f"guidance={guidance:g} (or --guidance {guidance:g}) to edit with classifier-free guidance")
+        if not isinstance(instruction, EditInstruction):
+            instruction = EditInstruction(str(instruction))
+        source = load_image(image) if isinstance(image, (str, Path)) else image.convert("RGB")
+        fit = fit_bucket(*source.size, base_size=resolution)
+        source = instruction.prepare_image(fit.apply(source), fit)  # a box is in the input's pixels: mapped as the image
+        report = RunReport(device=str(self.device), dtype=str(self.dtype).removeprefix("torch."), width=source.width,
+                           height=source.height, steps=steps, guidance=guidance, seed=seed)
+        report.extra["input"] = fit.describe()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        generator = torch.Generator("cpu").manual_seed(seed)
+
+        offload = self.offload
+        with report.phase("encode prompt", announce=progress), (offload.encoding() if offload else nullcontext()):
+            states, mask = self.conditioner.encode([source], instruction.text,
+                                                   unconditional=guidance_batch(guidance) == 2)
+            # The padding of [uncond ; cond] is read here, once per edit, not in every DiT forward.
+            states, mask = self.cfg_strategy.select(states.to(self.device), TextPadding.from_mask(mask))
+        with report.phase("encode image", announce=progress):
+            condition = self.vae.encode(to_model_tensor(source).to(self.device), generator=generator)
+        spotting = spot is not None and spot.enabled
+        with report.phase("denoise", announce=progress), (offload.denoising(spotting) if offload else nullcontext()):
+            if spotting:
+                if offload and spot.cache_device is None:
+                    spot = replace(spot, cache_device=offload.spot_cache_device())
+                latents, outcome = spot_denoise(self.dit, self.vae, condition, states, mask, steps, guidance, generator,
+                                                spot, self.device, self.dtype, progress, self.cfg_strategy)
+                report.extra.update(outcome.report_items())
+            else:
+                latents, outcome = self.denoise(condition, states, mask, steps, guidance, generator, progress), None
+        with report.phase("decode", announce=progress), (offload.decoding() if offload else nullcontext()):
+            decoded = self.vae.decode(latents, **(offload.decode_kwargs() if offload else {}))
+        if offload:
+            report.extra.update(offload.report_items())
+        spot_mask = outcome.mask_image(source.size) if outcome is not None else None
+        return EditResult(image=to_pil(decoded), report=report.finish(), input_image=source, spot_mask=spot_mask)
+
+    def denoise(
+        self,
+        condition: torch.Tensor,
+        states: torch.Tensor,
+        mask: TextPadding,
+        steps: int,
+        guidance: float,
+        generator: torch.Generator,
+        progress: bool = True,
+    ) -> torch.Tensor:
+        """Flow-matching sampling from noise; `condition` (1, C, 1, h, w) normalised VAE latents."""
+        scheduler = make_scheduler(steps)
+        x = torch.randn(condition.shape, generator=generator, dtype=torch.float32).to(self.device)
+        condition = condition.float()
+        batch = self.cfg_strategy.rows(guidance)  # [uncond ; cond], or one of them (guidance <= 1, CFG parallel)
+        for t in tqdm(scheduler.timesteps, desc="denoise", disable=not progress, leave=False):
+            items = torch.stack((condition, x), dim=1).expand(batch, -1, -1, -1, -1, -1)
+            timestep = t.to(self.device, torch.float32).expand(batch)
+            v = self.dit(items.to(self.dtype), timestep, states, mask).float()
+            v = self.cfg_strategy.velocity(v, guidance)
+            x = scheduler.step(v, t, x).prev_sample
+        return x

@@ -1,5 +1,0 @@
-"""Training the tiny SpatialEdit on rendered scenes (`lowmem train-tiny`)."""
-
-from lowmem.training.tiny_model import TRAINED_DIT_CONFIG, TrainingSettings, train_tiny_model
-
-__all__ = ["TRAINED_DIT_CONFIG", "TrainingSettings", "train_tiny_model"]
