@@ -28,16 +28,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lowmem.models.guidance import guidance_batch
+from lowmem.common.image_metrics import psnr, ssim
 from lowmem.common.images import to_model_tensor, to_pil
+from lowmem.loading import load_quantized_dit
+from lowmem.models.guidance import guidance_batch
 from lowmem.models.joint_attention import TextPadding
 from lowmem.pipeline import SpatialEditPipeline
-from lowmem.common.image_metrics import psnr, ssim
-from lowmem.tiny.scene_scoring import edit_succeeded, vae_roundtrip
-from lowmem.tiny.scenes import EDIT_KINDS, HELD_OUT_SEEDS, EditPair, render_pair
 from lowmem.spotedit import SpotConfig, spot_denoise
 from lowmem.spotedit.selector import dilate, tokens_to_latent
-from lowmem.loading import load_quantized_dit
+from lowmem.tiny.scene_scoring import edit_succeeded, vae_roundtrip
+from lowmem.tiny.scenes import EDIT_KINDS, HELD_OUT_SEEDS, EditPair, render_pair
 from lowmem.tiny.trained_model import TINY_SPOT_DILATION, trained_tiny_model
 from quantize import convert
 

@@ -30,10 +30,10 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from lowmem.errors import CorruptCheckpointError, LowmemError
 from lowmem.common.host_memory import return_freed_memory
-from lowmem.models.layout import open_model_folder
 from lowmem.common.paths import check_new_folder, exclusive_lock
+from lowmem.errors import CorruptCheckpointError, LowmemError
+from lowmem.models.layout import open_model_folder
 from lowmem.models.vae import load_folder_vae
 from lowmem.models.weight_sources import ComponentSource, check_complete, check_shards, dit_source, meta_dit, meta_vlm, read_tensor, vlm_source
 from quantize.manifest import FORMAT_VERSION, MANIFEST, format_error_table, sha256_file, verify_file, write_json_atomic

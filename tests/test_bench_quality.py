@@ -6,8 +6,8 @@ import json
 import runpy
 from pathlib import Path
 
-from lowmem.tiny.scenes import EDIT_KINDS
 from lowmem.tiny.random_model import write_tiny_model
+from lowmem.tiny.scenes import EDIT_KINDS
 
 QUALITY = Path(__file__).resolve().parent.parent / "bench" / "quality.py"
 

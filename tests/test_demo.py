@@ -11,9 +11,9 @@ from lowmem.cli import main
 from lowmem.cli.demo import DEMO_KIND, DEMO_SEED
 from lowmem.models.layout import open_model_folder
 from lowmem.models.vae import load_folder_vae
+from lowmem.spotedit.selector import two_means_threshold
 from lowmem.tiny.scene_scoring import edit_succeeded, vae_roundtrip
 from lowmem.tiny.scenes import render_pair
-from lowmem.spotedit.selector import two_means_threshold
 from lowmem.tiny.trained_model import trained_tiny_model
 
 

@@ -7,8 +7,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from lowmem.models.guidance import guidance_batch, guided_velocity
 from lowmem.common.images import resize_to_bucket, to_model_tensor
+from lowmem.models.guidance import guidance_batch, guided_velocity
 from lowmem.models.joint_attention import TextPadding
 from lowmem.models.scheduler import make_scheduler
 from lowmem.spotedit import SpotConfig

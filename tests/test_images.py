@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lowmem.errors import InstructionError, ResolutionError
 from lowmem.common.images import bucket_table, fit_bucket, resize_to_bucket
+from lowmem.errors import InstructionError, ResolutionError
 
 # The official 1024 table, (width, height) in the official order. Obtained in a scratch script by
 # evaluating the public SpatialEdit code's `_generate_hw_buckets()` (src/config.py, defaults: 256x256,

@@ -324,7 +324,6 @@ def test_move_box_follows_the_centre_crop(tiny_pipeline):
     from PIL import Image
 
     from lowmem import instructions
-
     from lowmem.common.images import fit_bucket
 
     wide = Image.new("RGB", (512, 256), (200, 210, 225))

@@ -26,8 +26,8 @@ def test_budgeted_pipeline_matches_resident(tiny_model, tiny_pipeline, scene):
 
 def test_budgeted_pipeline_streams_when_forced(tiny_model, tiny_pipeline, scene):
     from lowmem.offload import OffloadRuntime
-    from lowmem.planning import plan_for
     from lowmem.pipeline import SpatialEditPipeline
+    from lowmem.planning import plan_for
 
     expected = tiny_pipeline.edit(scene, "move it", steps=2, seed=1, resolution=64, progress=False)
     pipe = SpatialEditPipeline.from_folder(tiny_model, device="cpu")
@@ -85,9 +85,9 @@ def test_auto_budget_plans_for_what_is_free(tiny_model):
 
 def test_conditioner_streamed_by_layer_gives_the_same_image(tiny_model, tiny_pipeline, scene):
     from lowmem.offload import OffloadRuntime
-    from lowmem.planning import plan_for
     from lowmem.offload.conditioner_placement import StreamedConditioner
     from lowmem.pipeline import SpatialEditPipeline
+    from lowmem.planning import plan_for
 
     expected = tiny_pipeline.edit(scene, "move it left", steps=2, seed=4, resolution=64, progress=False)
     pipe = SpatialEditPipeline.from_folder(tiny_model, device="cpu")

@@ -16,7 +16,13 @@ import pytest
 from PIL import Image
 
 from lowmem.models.conditioner import QwenVLConditioner, _load_processor
-from lowmem.models.prompt import MAX_TEXT_TOKENS, RELEASED_DROPPED_PREFIX, build_prompt, dropped_prefix_length, user_turn
+from lowmem.models.prompt import (
+    MAX_TEXT_TOKENS,
+    RELEASED_DROPPED_PREFIX,
+    build_prompt,
+    dropped_prefix_length,
+    user_turn,
+)
 from lowmem.tiny.qwen3vl import write_tiny_qwen3vl
 
 INSTRUCTION = "Rotate the dog to show the front left side view."

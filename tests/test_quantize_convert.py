@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from lowmem.cli import main as cli_main
-from lowmem.errors import CorruptCheckpointError, LowmemError, ManifestVersionError, OutputPathError
 from lowmem.common.image_metrics import psnr
+from lowmem.errors import CorruptCheckpointError, LowmemError, ManifestVersionError, OutputPathError
 from lowmem.loading import load_quantized_dit
 from lowmem.models.layout import open_model_folder
 from lowmem.pipeline import SpatialEditPipeline

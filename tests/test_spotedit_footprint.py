@@ -8,8 +8,8 @@ import torch
 from lowmem.models.dit import build_dit
 from lowmem.models.dit_config import FULL_DIT_CONFIG, TINY_DIT_CONFIG
 from lowmem.offload.streams import RecordingStreams
-from lowmem.spotedit import DiTSpotModel
 from lowmem.planning.spot_footprint import spot_cache_bytes
+from lowmem.spotedit import DiTSpotModel
 
 
 def test_full_size_at_1024_by_hand():

@@ -194,8 +194,8 @@ def test_cuda_streams_order_a_slow_copy():
 from test_offload_streamer import inputs, one_thread, random_dit, run_steps  # noqa: E402,F401 (one_thread: autouse)
 
 from lowmem.offload import MemoryLedger, apply_plan  # noqa: E402
-from lowmem.planning import plan_for  # noqa: E402
 from lowmem.offload.streamer import BlockStreamer, pinned_bytes  # noqa: E402
+from lowmem.planning import plan_for  # noqa: E402
 
 STEPS = 4
 

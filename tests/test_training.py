@@ -9,9 +9,9 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from lowmem.cli import main
+from lowmem.common.images import to_model_tensor
 from lowmem.models.dit_loading import read_dit_config
 from lowmem.models.layout import open_model_folder
-from lowmem.common.images import to_model_tensor
 from lowmem.models.vae import TINY_VAE_CONFIG, WanVAE
 from lowmem.pipeline import SpatialEditPipeline
 from lowmem.tiny.scenes import HELD_OUT_SEEDS, render_pair

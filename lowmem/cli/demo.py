@@ -16,10 +16,10 @@ from typing import Optional
 from PIL import Image
 
 from lowmem import instructions
+from lowmem.common.paths import check_output_path, check_writable_folder, same_file
 from lowmem.edits import add_edit_arguments, edit_spec, instruction_from_args
 from lowmem.errors import OutputPathError
 from lowmem.instructions import EditInstruction
-from lowmem.common.paths import check_output_path, check_writable_folder, same_file
 from lowmem.tiny.scenes import HELD_OUT_SEEDS, OBJECT_NAME, EditPair, render_pair
 from lowmem.tiny.trained_model import TINY_SPOT_DILATION
 
@@ -96,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
     spec.instruction.check_box_inside(image.size)  # --move-box is in the input image's pixels
 
     from lowmem.common.images import save_image_atomic
-    from lowmem.models.dit_loading import read_dit_config
     from lowmem.common.paths import write_text_atomic
+    from lowmem.models.dit_loading import read_dit_config
     from lowmem.pipeline import SpatialEditPipeline, default_device
     from lowmem.tiny.random_model import tiny_model_budget
     from lowmem.tiny.trained_model import trained_tiny_model

@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from lowmem.common import validation
-from lowmem.errors import LowmemError
 from lowmem.common.paths import check_output_path, write_text_atomic
 from lowmem.common.validation import cli_type
+from lowmem.errors import LowmemError
 
 if TYPE_CHECKING:
     from lowmem.common.machine import MachineInfo

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from lowmem.common.paths import check_distinct, check_output_path
 from lowmem.edits import add_edit_arguments, edit_spec
 from lowmem.errors import OutputPathError
-from lowmem.common.paths import check_distinct, check_output_path
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -20,9 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lowmem.common.paths import check_new_folder
     from lowmem.errors import ModelFolderError
     from lowmem.models.dit_config import DiTConfig
-    from lowmem.common.paths import check_new_folder
 
     # The checks that need no torch first: a wrong path is reported at once.
     check_new_folder(args.out)

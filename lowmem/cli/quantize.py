@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lowmem.models.layout import open_model_folder
     from lowmem.common.paths import check_new_folder
+    from lowmem.models.layout import open_model_folder
 
     open_model_folder(args.model)  # the cheap checks first, before torch is imported
     check_new_folder(args.out)

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from lowmem.errors import InputImageError, InstructionError, ResolutionError
 from lowmem.common.paths import check_output_path
+from lowmem.errors import InputImageError, InstructionError, ResolutionError
 
 # The official demo's input rule (`_dynamic_resize_from_bucket` in the public SpatialEdit code): pick
 # the bucket of closest aspect ratio from a table built around the base size, scale the image with

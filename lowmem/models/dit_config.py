@@ -10,8 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lowmem.errors import ModelFolderError
 from lowmem.common.json_files import read_json_object
+from lowmem.errors import ModelFolderError
 
 
 @dataclass(frozen=True)

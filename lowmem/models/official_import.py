@@ -23,12 +23,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from lowmem.errors import CorruptCheckpointError, ModelFolderError
 from lowmem.common.json_files import read_json_object
+from lowmem.common.paths import staged_folder
+from lowmem.errors import CorruptCheckpointError, ModelFolderError
 from lowmem.models.dit import build_dit
 from lowmem.models.dit_config import DiTConfig
 from lowmem.models.layout import DIT_INDEX, open_model_folder
-from lowmem.common.paths import staged_folder
 
 PEFT_PREFIX = "base_model.model."
 DEFAULT_SHARD_BYTES = 5 * 10**9

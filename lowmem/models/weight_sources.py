@@ -14,8 +14,8 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from lowmem.errors import CorruptCheckpointError, ModelFolderError
 from lowmem.common.json_files import read_json_object
+from lowmem.errors import CorruptCheckpointError, ModelFolderError
 from lowmem.models.dit_loading import IGNORED_PREFIXES, read_dit_config
 from lowmem.models.layout import ModelFolder, open_shard
 

@@ -17,10 +17,10 @@ from lowmem.common.host_memory import return_freed_memory
 from lowmem.loading import ModelLoader
 from lowmem.models.dit_loading import in_block, outside_blocks
 from lowmem.models.layout import ModelFolder
+from lowmem.offload.runtime import OffloadRuntime
 from lowmem.planning.planner import plan_for
 from lowmem.planning.preflight import folder_precision, preflight_plan
 from lowmem.planning.presets import load_preset
-from lowmem.offload.runtime import OffloadRuntime
 
 HOST = torch.device("cpu")
 

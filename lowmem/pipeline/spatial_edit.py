@@ -18,12 +18,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from lowmem.common import validation
-from lowmem.errors import LowmemError
-from lowmem.models.guidance import BatchedGuidance, guidance_batch
 from lowmem.common.images import fit_bucket, load_image, to_model_tensor, to_pil
+from lowmem.errors import LowmemError
 from lowmem.instructions import EditInstruction
 from lowmem.models.conditioner import QwenVLConditioner
 from lowmem.models.dit import SpatialEditDiT
+from lowmem.models.guidance import BatchedGuidance, guidance_batch
 from lowmem.models.joint_attention import TextPadding
 from lowmem.models.layout import open_model_folder
 from lowmem.models.scheduler import make_scheduler

@@ -21,15 +21,15 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from lowmem.models.guidance import guidance_batch
 from lowmem.models.dit_config import FULL_DIT_CONFIG, DiTConfig
+from lowmem.models.guidance import guidance_batch
 from lowmem.models.prompt import MAX_TEXT_TOKENS, RELEASED_DROPPED_PREFIX
-from lowmem.planning import phase_peaks as peaks
 from lowmem.offload.arena import arena_bytes
 from lowmem.offload.budget import BudgetError, format_bytes, parse_bytes
 from lowmem.offload.conditioner_placement import VLM_SLOTS
-from lowmem.offload.streamer import pinned_bytes
 from lowmem.offload.plan import ComponentPlan, DiTPlan, MemoryEstimate, Plan, SpotEditPlan, VAEPlan
+from lowmem.offload.streamer import pinned_bytes
+from lowmem.planning import phase_peaks as peaks
 from lowmem.planning.presets import PRECISIONS, Preset, load_preset
 from lowmem.planning.reserve import allocator_slack, fixed_reserve
 from lowmem.planning.weight_bytes import QUANTIZED, conditioner_bytes, dit_bytes, is_quantized, model_dit_bytes

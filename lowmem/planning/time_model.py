@@ -26,9 +26,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from lowmem.models.dit_config import DiTConfig
-from lowmem.planning import phase_peaks as peaks
 from lowmem.offload.budget import format_bytes
 from lowmem.offload.plan import Plan
+from lowmem.planning import phase_peaks as peaks
 from lowmem.planning.planner import SPOT_ACTIVE_FRACTION
 from lowmem.planning.presets import Preset
 

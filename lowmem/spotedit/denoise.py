@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from lowmem.models.guidance import BatchedGuidance
 from lowmem.models.dit import SpatialEditDiT
+from lowmem.models.guidance import BatchedGuidance
 from lowmem.models.scheduler import make_scheduler
 from lowmem.models.vae import WanVAE
 from lowmem.spotedit.attention import fusion_alpha

@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from lowmem.common.paths import staged_folder
 from lowmem.models.dit import build_dit
 from lowmem.models.dit_config import TINY_DIT_CONFIG, DiTConfig
 from lowmem.models.layout import DIT_INDEX
-from lowmem.tiny.qwen3vl import write_tiny_qwen3vl
 from lowmem.models.vae import write_tiny_vae
-from lowmem.common.paths import staged_folder
+from lowmem.tiny.qwen3vl import write_tiny_qwen3vl
 
 
 def tiny_model_budget(device: torch.device | str) -> str:

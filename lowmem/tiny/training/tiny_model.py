@@ -21,13 +21,13 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from lowmem.common.paths import staged_folder
 from lowmem.models.conditioner import QwenVLConditioner
 from lowmem.models.dit_config import DiTConfig
 from lowmem.models.layout import DIT_INDEX
-from lowmem.tiny.qwen3vl import write_tiny_qwen3vl
 from lowmem.models.vae import WanVAE
 from lowmem.models.wan_vae_keys import official_from_diffusers
-from lowmem.common.paths import staged_folder
+from lowmem.tiny.qwen3vl import write_tiny_qwen3vl
 from lowmem.tiny.random_model import write_sharded_safetensors
 from lowmem.tiny.training.autoencoder import train_autoencoder
 from lowmem.tiny.training.dataset import build_edit_set
