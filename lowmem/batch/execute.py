@@ -69,7 +69,7 @@ def execute(pipe: SpatialEditPipeline, job: Job, settings: BatchSettings) -> Job
     spec = job.spec
     try:
         result = pipe.edit(job.image, spec.instruction, steps=spec.steps, guidance=spec.guidance, seed=spec.seed,
-                           resolution=settings.resolution, progress=False, spot=spec.spot(settings.spot))
+                           resolution=settings.resolution, progress=False, spot=spec.spot_config(settings.spot))
     except LowmemError as exc:
         return JobOutcome(None, time.perf_counter() - start, str(exc), worker=worker_name())
     except Exception as exc:  # noqa: BLE001 - one broken job (out of memory, a bug) must not stop thousands of others

@@ -2,7 +2,8 @@
 
 A line such as {"image": "a.png", "rotate": "back", "seed": 3, "name": "a-back.png"} is turned into
 the flags `--image a.png --rotate back --seed 3` and read into an `EditSpec` by the same fields as
-`lowmem edit` (lowmem/edits/fields.py), so a job accepts and refuses exactly what the command does. Flags given to `lowmem batch` itself are every job's defaults.
+`lowmem edit` (lowmem/edits/fields.py), so a job accepts and refuses exactly what the command does.
+Flags given to `lowmem batch` itself are every job's defaults.
 A line that cannot become a job is kept as a `BadJob` with its error: it is reported, not fatal.
 """
 

@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n== plan\n{pipe.offload.plan.format_table()}")
         print(f"\n== edit: {spec.instruction.text}")
         result = pipe.edit(image, spec.instruction, steps=spec.steps, guidance=spec.guidance, seed=spec.seed,
-                           resolution=args.resolution, spot=spec.spot(args.spot))
+                           resolution=args.resolution, spot=spec.spot_config(args.spot))
     mask = result.spot_mask or Image.new("L", result.image.size, 255)
     outputs = {
         "input.png": result.input_image,

@@ -111,7 +111,7 @@ def edit_one(args: argparse.Namespace, spec: "EditSpec", image: "Image.Image", c
     if pipe.offload is not None and leader:
         print(f"plan: {pipe.offload.plan.summary()}")
     result = pipe.edit(image, spec.instruction, steps=spec.steps, guidance=spec.guidance, seed=spec.seed,
-                       resolution=args.resolution, spot=spec.spot(args.spot), progress=leader)
+                       resolution=args.resolution, spot=spec.spot_config(args.spot), progress=leader)
     if not leader:
         return 0
     save_image_atomic(result.image, args.out, overwrite=args.overwrite)

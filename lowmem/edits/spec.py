@@ -24,7 +24,7 @@ class EditSpec:
     spot_threshold: Union[float, str] = 0.15  # a perceptual score, or "auto"
     spot_dilation: int = 1  # tokens added around the edited region on every side
 
-    def spot(self, enabled: bool) -> Optional["SpotConfig"]:
+    def spot_config(self, enabled: bool) -> Optional["SpotConfig"]:
         """SpotEdit's settings for this edit when the run has SpotEdit on, else None."""
         if not enabled:
             return None
