@@ -10,6 +10,7 @@ Without a GPU it is a plain tensor (nothing to pin). The planner counts pinned m
 
 from __future__ import annotations
 
+import weakref
 from typing import Iterable
 
 import torch
@@ -26,6 +27,10 @@ def arena_bytes(sizes: Iterable[int]) -> int:
     return sum(aligned(n) for n in sizes)
 
 
+def _unregister(flat: torch.Tensor) -> None:
+    torch.cuda.check_error(torch.cuda.cudart().cudaHostUnregister(flat.data_ptr()))
+
+
 class PinnedArena:
     """Buffers of `sizes` bytes (uint8 views, in order) in one allocation, page-locked when `pin`."""
 
@@ -33,10 +38,14 @@ class PinnedArena:
         sizes = list(sizes)
         self.nbytes = arena_bytes(sizes)
         self.flat = torch.empty(self.nbytes, dtype=torch.uint8)
-        self.pinned = False
+        self._unpin: weakref.finalize | None = None
         if pin and self.nbytes:
             torch.cuda.check_error(torch.cuda.cudart().cudaHostRegister(self.flat.data_ptr(), self.nbytes, 0))
-            self.pinned = True
+            # An arena dropped without close() (an exception on the way out) is still unpinned, before
+            # its memory is freed: the finaliser holds the memory until it has run. At exit the process's
+            # pages go anyway, and CUDA may already be torn down.
+            self._unpin = weakref.finalize(self, _unregister, self.flat)
+            self._unpin.atexit = False
         self.offsets: list[int] = []
         offset = 0
         for n in sizes:
@@ -44,11 +53,14 @@ class PinnedArena:
             offset += aligned(n)
         self.views: list[torch.Tensor] = [self.flat[o : o + n] for o, n in zip(self.offsets, sizes)]
 
+    @property
+    def pinned(self) -> bool:
+        return self._unpin is not None and self._unpin.alive
+
     def close(self) -> None:
         """Unpin and drop the memory. Only once no copy reads or writes it any more."""
-        if self.pinned:
-            torch.cuda.check_error(torch.cuda.cudart().cudaHostUnregister(self.flat.data_ptr()))
-            self.pinned = False
+        if self._unpin is not None:
+            self._unpin()  # runs once
         self.views, self.offsets = [], []
         self.flat = torch.empty(0, dtype=torch.uint8)
         self.nbytes = 0

@@ -67,15 +67,23 @@ class DevicePart:
             return
         if self.arena is not None:
             self.on_device = self.streams.allocate(f"{self.name} on device", self.arena.nbytes)
-            copy_stream = COPY if self.streams.async_copies else COMPUTE
-            if self.streams.async_copies:
-                self.streams.wait_stream(COPY, COMPUTE)  # the memory may still be read by queued compute
-            self.streams.copy(self.on_device, self.host, self.name, copy_stream)
-            if self.streams.async_copies:
-                self.streams.record(self.loaded, COPY)
-                self.streams.wait(self.loaded, COMPUTE)
-            self.streams.use(self.on_device, self.name)
-            self._bind(self.on_device.tensor)
+            try:
+                copy_stream = COPY if self.streams.async_copies else COMPUTE
+                if self.streams.async_copies:
+                    self.streams.wait_stream(COPY, COMPUTE)  # the memory may still be read by queued compute
+                self.streams.copy(self.on_device, self.host, self.name, copy_stream)
+                if self.streams.async_copies:
+                    self.streams.record(self.loaded, COPY)
+                    self.streams.wait(self.loaded, COMPUTE)
+                self.streams.use(self.on_device, self.name)
+                self._bind(self.on_device.tensor)
+            except BaseException:
+                self._bind(self.arena.flat)
+                if self.streams.async_copies:
+                    self.streams.wait_stream(COMPUTE, COPY)  # the failed copy may still be writing it
+                self.streams.free(self.on_device)
+                self.on_device = None
+                raise
         else:
             for module in self.modules:
                 module.to(self.device)

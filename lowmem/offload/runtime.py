@@ -9,6 +9,8 @@
                   when the plan says the DiT and the conditioner do not fit together, the DiT's device
                   part waits on the host until denoising starts and leaves after decoding, slots too.
     decode:       tiled with the plan's tile size.
+`editing()` wraps one edit: whatever it placed leaves the device when the edit ends, also when it
+ends in an exception or Ctrl-C, so a failed edit does not leave the next one without room.
 The ledger records every placement; `report_items()` feeds RunReport.extra.
 """
 
@@ -58,13 +60,24 @@ class OffloadRuntime:
         return torch.device("cpu")
 
     @contextmanager
+    def editing(self) -> Iterator[None]:
+        """One edit. On any exit the DiT's device part, when it takes turns with the conditioner, goes
+        back to its host copy with the streamer's slots; each phase takes its own estimate off the ledger."""
+        try:
+            yield
+        finally:
+            if not self.together:
+                self.dit.release()
+
+    @contextmanager
     def encoding(self) -> Iterator[None]:
         """The conditioner on the device for the prompt, evicted right after (unless resident)."""
-        if not self.together:
-            self.vlm.place()
-            self.ledger.place("vlm weights", self.vlm.device_bytes())
-            self.ledger.place("vlm activations (estimate)", self.plan.estimate.phases.get("encode prompt", {}).get("vlm activations", 0))
         try:
+            if not self.together:
+                self.vlm.place()
+                self.ledger.place("vlm weights", self.vlm.device_bytes())
+                self.ledger.place("vlm activations (estimate)",
+                                  self.plan.estimate.phases.get("encode prompt", {}).get("vlm activations", 0))
             yield
         finally:
             self.ledger.release("vlm activations (estimate)")
@@ -76,13 +89,15 @@ class OffloadRuntime:
 
     @contextmanager
     def denoising(self, spot: bool = False) -> Iterator[None]:
-        """The DiT's device part placed; with `spot`, SpotEdit's K/V caches counted where the plan put them."""
-        if not self.dit.placed:
-            self.dit.place()
-        self.ledger.place("dit activations (estimate)", self.plan.estimate.phases["denoise"].get("dit activations", 0))
-        if spot:
-            self.ledger.place("spotedit caches (estimate)", self.plan.estimate.phases["denoise"].get("spotedit caches", 0))
+        """The DiT's device part placed (it leaves when the edit ends, see `editing`); with `spot`,
+        SpotEdit's K/V caches counted where the plan put them."""
         try:
+            if not self.dit.placed:
+                self.dit.place()
+            self.ledger.place("dit activations (estimate)", self.plan.estimate.phases["denoise"].get("dit activations", 0))
+            if spot:
+                self.ledger.place("spotedit caches (estimate)",
+                                  self.plan.estimate.phases["denoise"].get("spotedit caches", 0))
             yield
         finally:
             self.ledger.release("dit activations (estimate)")
@@ -95,8 +110,6 @@ class OffloadRuntime:
             yield
         finally:
             self.ledger.release("vae decode (estimate)")
-            if not self.together:
-                self.dit.release()
 
     def spot_cache_device(self) -> torch.device:
         """Where SpotEdit's K/V caches live: the compute device when the plan found room, else the host."""

@@ -189,10 +189,14 @@ class BlockStreamer:
 
     def reset(self) -> None:
         """Forget what the slots hold (after an interrupted forward). A block may have stopped
-        without recording its `done` event, so later copies wait for all compute issued so far."""
+        without recording its `done` event, so later copies wait for all compute issued so far; it
+        may also still point into its slot, so every streamed block is parked (a freed slot's memory
+        must not stay referenced)."""
         self._drain()
         if self.async_copies and self.slots is not None:
             self.streams.wait_stream(COPY, COMPUTE)
+        for i in self.streamed:
+            self.layouts[i].park(self.placeholders)
         self.slot_key = [None] * self.num_slots
         self.k = 0
 

@@ -8,6 +8,7 @@ rescaled to the norm of the conditional one.
 
 from __future__ import annotations
 
+import gc
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -68,12 +69,18 @@ class SpatialEditPipeline:
         self.closed = False
 
     def close(self) -> None:
-        """Give back what a budgeted pipeline holds besides its weights (device slots, pinned host
-        memory, the streamed blocks' disk files). The pipeline cannot edit afterwards."""
+        """Give back what the pipeline holds: a budgeted one's device slots, pinned host memory and the
+        streamed blocks' disk files, and every pipeline's models, so their device memory is free once
+        nothing else refers to them (a long-lived process can load another model). The pipeline
+        cannot edit afterwards."""
         if self.offload is not None:
             self.offload.close()
             self.offload = None
+        self.dit = self.vae = self.conditioner = None
         self.closed = True
+        if self.device.type == "cuda":
+            gc.collect()  # streaming hooks tie modules and streamers in cycles: free them now, not at some later pass
+            torch.cuda.empty_cache()
 
     def __enter__(self) -> "SpatialEditPipeline":
         return self
@@ -171,25 +178,26 @@ class SpatialEditPipeline:
         generator = torch.Generator("cpu").manual_seed(seed)
 
         offload = self.offload
-        with report.phase("encode prompt", announce=progress), (offload.encoding() if offload else nullcontext()):
-            states, mask = self.conditioner.encode([source], instruction.text,
-                                                   unconditional=guidance_batch(guidance) == 2)
-            # The padding of [uncond ; cond] is read here, once per edit, not in every DiT forward.
-            states, mask = self.cfg_strategy.select(states.to(self.device), TextPadding.from_mask(mask))
-        with report.phase("encode image", announce=progress):
-            condition = self.vae.encode(to_model_tensor(source).to(self.device), generator=generator)
-        spotting = spot is not None and spot.enabled
-        with report.phase("denoise", announce=progress), (offload.denoising(spotting) if offload else nullcontext()):
-            if spotting:
-                if offload and spot.cache_device is None:
-                    spot = replace(spot, cache_device=offload.spot_cache_device())
-                latents, outcome = spot_denoise(self.dit, self.vae, condition, states, mask, steps, guidance, generator,
-                                                spot, self.device, self.dtype, progress, self.cfg_strategy)
-                report.extra.update(outcome.report_items())
-            else:
-                latents, outcome = self.denoise(condition, states, mask, steps, guidance, generator, progress), None
-        with report.phase("decode", announce=progress), (offload.decoding() if offload else nullcontext()):
-            decoded = self.vae.decode(latents, **(offload.decode_kwargs() if offload else {}))
+        with offload.editing() if offload else nullcontext():  # a failed edit leaves the device as it found it
+            with report.phase("encode prompt", announce=progress), (offload.encoding() if offload else nullcontext()):
+                states, mask = self.conditioner.encode([source], instruction.text,
+                                                       unconditional=guidance_batch(guidance) == 2)
+                # The padding of [uncond ; cond] is read here, once per edit, not in every DiT forward.
+                states, mask = self.cfg_strategy.select(states.to(self.device), TextPadding.from_mask(mask))
+            with report.phase("encode image", announce=progress):
+                condition = self.vae.encode(to_model_tensor(source).to(self.device), generator=generator)
+            spotting = spot is not None and spot.enabled
+            with report.phase("denoise", announce=progress), (offload.denoising(spotting) if offload else nullcontext()):
+                if spotting:
+                    if offload and spot.cache_device is None:
+                        spot = replace(spot, cache_device=offload.spot_cache_device())
+                    latents, outcome = spot_denoise(self.dit, self.vae, condition, states, mask, steps, guidance,
+                                                    generator, spot, self.device, self.dtype, progress, self.cfg_strategy)
+                    report.extra.update(outcome.report_items())
+                else:
+                    latents, outcome = self.denoise(condition, states, mask, steps, guidance, generator, progress), None
+            with report.phase("decode", announce=progress), (offload.decoding() if offload else nullcontext()):
+                decoded = self.vae.decode(latents, **(offload.decode_kwargs() if offload else {}))
         if offload:
             report.extra.update(offload.report_items())
         spot_mask = outcome.mask_image(source.size) if outcome is not None else None

@@ -98,39 +98,42 @@ def spot_denoise(
     cfg = cfg or BatchedGuidance()
     batch = cfg.rows(guidance)  # [uncond ; cond], or one of them (guidance <= 1, CFG parallel)
 
-    for i, t in enumerate(tqdm(scheduler.timesteps, desc="denoise (spot)", disable=not progress, leave=False)):
-        sigma = float(scheduler.sigmas[i])
-        items = torch.stack((condition, x), dim=1).expand(batch, -1, -1, -1, -1, -1)
-        timestep = t.to(device, torch.float32).expand(batch)
-        spot_step = (
-            cache is not None and cache.ready and edited is not None and i >= initial and i not in resets
-            and not bool(edited.all())
-        )
-        if spot_step:
-            active = edited.flatten().nonzero().squeeze(1)  # DiTSpotModel.partial moves it to the device
-            v = model.partial(items.to(dtype), timestep, states, mask, active, cache, fusion_alpha(sigma)).float()
-            v = cfg.velocity(v, guidance)
-            reuse = tokens_to_latent(~edited).to(device)
-            v = torch.where(reuse, (x - condition) / sigma, v)
-            outcome.active_fraction.append(active.numel() / edited.numel())
-        else:
-            record = i + 1 < steps and i + 1 >= initial and (i + 1) not in resets
-            if record and cache is None:
-                cache = model.new_cache(config.cache_device)
-            v = model.full(items.to(dtype), timestep, states, mask, cache if record else None).float()
-            v = cfg.velocity(v, guidance)
-            outcome.active_fraction.append(1.0)
-            outcome.full_steps.append(i)
-        last_chance = i + 1 == steps and edited is None and i + 1 >= initial  # no segment chose a region
-        if i + 1 in selections or last_chance:
-            edited = selector.select(x - sigma * v)  # for the coming segment; after the last: the region
-        x = scheduler.step(v, t, x).prev_sample
+    try:
+        for i, t in enumerate(tqdm(scheduler.timesteps, desc="denoise (spot)", disable=not progress, leave=False)):
+            sigma = float(scheduler.sigmas[i])
+            items = torch.stack((condition, x), dim=1).expand(batch, -1, -1, -1, -1, -1)
+            timestep = t.to(device, torch.float32).expand(batch)
+            spot_step = (
+                cache is not None and cache.ready and edited is not None and i >= initial and i not in resets
+                and not bool(edited.all())
+            )
+            if spot_step:
+                active = edited.flatten().nonzero().squeeze(1)  # DiTSpotModel.partial moves it to the device
+                v = model.partial(items.to(dtype), timestep, states, mask, active, cache, fusion_alpha(sigma)).float()
+                v = cfg.velocity(v, guidance)
+                reuse = tokens_to_latent(~edited).to(device)
+                v = torch.where(reuse, (x - condition) / sigma, v)
+                outcome.active_fraction.append(active.numel() / edited.numel())
+            else:
+                record = i + 1 < steps and i + 1 >= initial and (i + 1) not in resets
+                if record and cache is None:
+                    cache = model.new_cache(config.cache_device)
+                v = model.full(items.to(dtype), timestep, states, mask, cache if record else None).float()
+                v = cfg.velocity(v, guidance)
+                outcome.active_fraction.append(1.0)
+                outcome.full_steps.append(i)
+            last_chance = i + 1 == steps and edited is None and i + 1 >= initial  # no segment chose a region
+            if i + 1 in selections or last_chance:
+                edited = selector.select(x - sigma * v)  # for the coming segment; after the last: the region
+            x = scheduler.step(v, t, x).prev_sample
 
-    if edited is not None and not bool(edited.all()):
-        x = replace_tokens(x, condition, edited.to(x.device))
-    outcome.edited_mask = edited
-    if cache is not None:
-        outcome.cache_bytes, outcome.cache_device = cache.nbytes, str(cache.device)
-        outcome.cache_bytes_moved = cache.bytes_loaded + cache.bytes_written_back
-        cache.release()
+        if edited is not None and not bool(edited.all()):
+            x = replace_tokens(x, condition, edited.to(x.device))
+        outcome.edited_mask = edited
+        if cache is not None:
+            outcome.cache_bytes, outcome.cache_device = cache.nbytes, str(cache.device)
+            outcome.cache_bytes_moved = cache.bytes_loaded + cache.bytes_written_back
+    finally:  # however the loop ends (an exception, Ctrl-C): the caches' device slots and pinned arena go back
+        if cache is not None:
+            cache.release()
     return x, outcome
