@@ -1,22 +1,25 @@
-"""One command for an H100/H200 that checks the 24 GB claim at full scale.
+"""The GPU proof: whole edits of the full-size model on one card, under the plan a preset makes.
 
-    python bench/gpu_suite.py --out-dir results        # on a CUDA machine, < 9 minutes
-    python bench/gpu_suite.py --cpu-smoke              # the same code path on a small model, on the CPU
+    bash bench/gpu_run.sh                              # on a lent H100/H200: wheels, pytest -m cuda, this suite
+    python bench/gpu_suite.py --out-dir DIR            # this suite alone, on a CUDA machine
+    python bench/gpu_suite.py --cpu --out-dir DIR      # the same code on the tiny configuration (CI runs it)
 
-Builds the full-size SpatialEdit DiT (40 blocks, hidden 4096) from seeded random weights, block by
-block directly in its run precision (a bf16 block exists only briefly on the GPU while it is
-quantized), caps the process at 24 GiB with torch.cuda.set_per_process_memory_fraction to emulate
-a 4090, and runs 1024x1024 denoising steps with CFG (batch 2, target + condition items) under the
-planner's plan, with the text the conditioner really hands the DiT at that resolution (~1.1K tokens
-at 1024²; the unconditional row shorter by the instruction and zero-padded, as in an edit).
-Measured side by side in one run:
-  - peak allocated and peak reserved vs the cap, and the allocator's retries (a retry means it had
-    to free its cache to satisfy a request: the cap was nearly hit), for each configuration;
-  - step time streamed (capped) vs all-resident (uncapped) for bf16, and nf4 capped vs bf16 resident;
-  - with and without SpotEdit at 30% active tokens.
-Each case runs on its own: one that fails (out of memory, refused, or any error) is recorded with its
-error and traceback and the suite goes on. With --out-dir, gpu_suite.json and gpu_suite.txt are
-rewritten (atomically) after every case, so a crash or a timeout loses at most the case running.
+Each case (a precision, with or without SpotEdit; on the CPU "bf16" runs in float32, as the pipeline
+does there) builds SpatialEdit at full size with seeded random
+weights made on the card (bench/random_models.py: the 16B DiT, Qwen3-VL-8B, the Wan2.1 VAE), plans it
+as `lowmem edit --preset rtx4090-24gb --quantization P [--spot]` does, caps the process at what that
+card leaves PyTorch (the preset's budget less the CUDA context this device really takes, read at the
+start), and runs two whole edits in a row through SpatialEditPipeline: the second meets the pipeline
+as a batch job does, the conditioner evicted and brought back, the DiT's part placed again.
+
+Measured per phase: the planned device bytes beside the allocator's peak (allocated; reserved plus
+the context is what the card would hold). Per edit: the denoise time beside the time model's
+prediction for this device, the bytes the streamers really copied, and the synchronizing CUDA calls
+of the second denoise (torch.cuda.set_sync_debug_mode "warn").
+
+A case FAILS when it runs out of memory, when the planner refuses it, when a phase held more device
+memory than its plan, or on any error; the suite then exits 1. The reference case is bf16 with every
+weight resident and no cap. gpu_suite.json and gpu_suite.txt are rewritten after every case.
 """
 
 from __future__ import annotations
@@ -26,283 +29,323 @@ import gc
 import json
 import os
 import sys
+import tempfile
 import time
 import traceback
-import zlib
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Iterator, Optional
 
+import numpy as np
 import torch
-from torch import nn
+from PIL import Image
+from random_models import FULL, TINY, Sizes, block_filler, fill_dit_outside_blocks, random_conditioner, random_dit
+from random_models import random_vae, tiny_qwen3vl_folder
 
-from lowmem.models.dit import SpatialEditDiT, build_dit
-from lowmem.models.dit_config import FULL_DIT_CONFIG, DiTConfig
-from lowmem.models.joint_attention import TextPadding
-from lowmem.offload import BudgetError, apply_plan, format_bytes
-from lowmem.planning import plan_for
-from lowmem.planning.planner import INSTRUCTION_TOKENS, dit_text_tokens
-from lowmem.spotedit import DiTSpotModel, fusion_alpha
-from quantize import swap_linears
-from quantize.schemes import DEFAULT_BACKEND, quantize_linear_weight
+from lowmem import instructions
+from lowmem.offload import BudgetError, OffloadRuntime, format_bytes
+from lowmem.pipeline import SpatialEditPipeline, default_dtype
+from lowmem.pipeline.planned_load import plan_models
+from lowmem.planning import load_preset, time_model
+from lowmem.planning.preflight import DTYPE_PRECISION
+from lowmem.planning.presets import Preset
+from lowmem.spotedit import SpotConfig
 
-GIB = 2**30
-CAP_BYTES = 24 * GIB
-TIME_LIMIT_S = 9 * 60
-SPOT_FRACTION = 0.3
-SMOKE_CONFIG = DiTConfig(hidden_size=256, heads_num=4, mm_double_blocks_depth=4, text_states_dim=256, rope_dim_list=(16, 24, 24))
+PRESET = "rtx4090-24gb"
+PHASES = ("encode prompt", "encode image", "denoise", "decode")
+EDITS = 2
+GUIDANCE = 5.0
+# Device name -> the preset whose figures (bf16 TFLOP/s, host-to-device GB/s) the time model uses for it.
+# The H200 computes as the H100 (same tensor cores and clocks); only its memory is larger and faster.
+TIMING_PRESETS = {"H100": "h100-80gb", "H200": "h100-80gb", "A100": "a100-80gb"}
+
+
+@dataclass(frozen=True)
+class Case:
+    precision: str
+    spot: bool
+    capped: bool = True  # on the emulated card (on the CPU: streamed from disk); else all resident, no cap
+
+    @property
+    def name(self) -> str:
+        spot = " + SpotEdit" if self.spot else ""
+        return f"{self.precision}{spot}, {'capped' if self.capped else 'all resident, uncapped'}"
+
+
+# Most telling first, so that a time limit drops the least: the 24 GB default (nf4 + SpotEdit), the
+# reference, bf16 streamed, then the rest.
+CASES = [Case("nf4", True), Case("nf4", False), Case("bf16", False, capped=False), Case("bf16", False),
+         Case("bf16", True), Case("int8", False), Case("int8", True)]
 
 
 @dataclass
-class Case:
-    name: str
-    precision: str  # bf16 | nf4
-    capped: bool
-    spot: bool
+class Setup:
+    """What every case of one run shares."""
+
+    device: torch.device
+    sizes: Sizes
+    resolution: int
+    steps: int
+    folder: Path  # the tiny Qwen3-VL folder (tokenizer and processor)
+    preset: Optional[Preset]  # the card emulated (None on the CPU)
+    timing: Optional[Preset]  # this device's figures, for the time model's prediction
+    context: int = 0  # device bytes the CUDA context takes outside PyTorch's allocator
+    total: int = 0  # device bytes in all
+    image: Optional[Image.Image] = None
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return default_dtype(self.device)
 
 
-CASES = [
-    Case("bf16 streamed, 24 GiB cap", "bf16", True, False),
-    Case("bf16 streamed + SpotEdit 30%, 24 GiB cap", "bf16", True, True),
-    Case("nf4, 24 GiB cap", "nf4", True, False),
-    Case("nf4 + SpotEdit 30%, 24 GiB cap", "nf4", True, True),
-    Case("bf16 all resident, uncapped", "bf16", False, False),
-    Case("bf16 all resident + SpotEdit 30%, uncapped", "bf16", False, True),
-]
+class MeasuredRuntime(OffloadRuntime):
+    """The runtime, recording the synchronizing CUDA calls made while the DiT denoises."""
+
+    syncs: tuple[str, ...] = ()
+
+    @contextmanager
+    def denoising(self, spot: bool = False) -> Iterator[None]:
+        with super().denoising(spot), sync_warnings(self.device) as seen:
+            yield
+        self.syncs = tuple(seen)
 
 
-def seeded_(tensor: torch.Tensor, seed: int, std: float) -> None:
-    generator = torch.Generator(tensor.device).manual_seed(seed)
-    tensor.normal_(0.0, std, generator=generator)
+@contextmanager
+def sync_warnings(device: torch.device) -> Iterator[list[str]]:
+    """The messages of CUDA calls that make the host wait for the device, while the block runs."""
+    seen: list[str] = []
+    if device.type != "cuda":
+        yield seen
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield seen
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    seen.extend(str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message))
 
 
-def fill_random(module: nn.Module, seed: int, device: torch.device, scheme: Optional[str]) -> None:
-    """Give a meta-built module real seeded weights on `device`; quantized Linears are filled by
-    quantizing a transient bf16 weight made on `device` (the bf16 copy is dropped at once)."""
-    from quantize.linear import QuantizedLinear
-
-    for index, (name, sub) in enumerate(module.named_modules()):
-        if isinstance(sub, QuantizedLinear):
-            weight = torch.empty(sub.out_features, sub.in_features, dtype=torch.bfloat16, device=device)
-            seeded_(weight, seed * 1000 + index, sub.in_features**-0.5)
-            for key, value in quantize_linear_weight(weight, scheme, sub.backend).items():
-                sub._buffers[key] = value
-            del weight
-            if sub.bias is not None:
-                sub.bias = nn.Parameter(torch.zeros(sub.out_features, dtype=torch.bfloat16, device=device), requires_grad=False)
-    for name, param in list(module.named_parameters()):
-        if param.is_meta:
-            owner = module.get_submodule(name.rpartition(".")[0]) if "." in name else module
-            leaf = name.rpartition(".")[2]
-            value = torch.empty(param.shape, dtype=param.dtype, device=device)
-            if leaf == "weight" and param.dim() == 1:
-                value.fill_(1.0)  # RMSNorm scales
-            elif param.dim() == 1:
-                value.zero_()
-            else:
-                seeded_(value, seed * 1000 + zlib.crc32(name.encode()) % 997, param.shape[-1] ** -0.5 if param.dim() == 2 else 0.02)
-            setattr(owner, leaf, nn.Parameter(value, requires_grad=False))
+def cuda_context(device: torch.device) -> tuple[int, int]:
+    """(context bytes, total bytes): what the device holds outside PyTorch's allocator once CUDA and
+    cuBLAS are initialised (read, not assumed), and its total memory."""
+    x = torch.ones(256, 256, device=device)
+    (x @ x).sum().item()
+    free, total = torch.cuda.mem_get_info(device)
+    return total - free - torch.cuda.memory_reserved(device), total
 
 
-def build_model(config: DiTConfig, precision: str, device: torch.device, plan_budget: int, spot: bool,
-                resolution: int, max_resident: Optional[int] = None) -> tuple[SpatialEditDiT, object, object]:
-    """The DiT under the planner's plan: resident parts built on the device, streamed blocks built
-    on the device and handed to the streamer (which packs them into pinned host memory)."""
-    dit = build_dit(config, device="meta", dtype=torch.bfloat16)
-    scheme = None if precision == "bf16" else precision
-    if scheme:
-        names = [f"double_blocks.{i}.{n}" for i, block in enumerate(dit.double_blocks)
-                 for n, m in block.named_modules() if isinstance(m, nn.Linear)]
-        swap_linears(dit, names, scheme, DEFAULT_BACKEND[scheme])
-    plan = plan_for(dit, budget=plan_budget, resolution=resolution, quantization=precision, spotedit=spot,
-                    device=device.type, host_ram="96GiB", max_resident_blocks=max_resident)
-    for name, child in dit.named_children():
-        if name != "double_blocks":
-            fill_random(child, seed=zlib.crc32(name.encode()) % 1000, device=device, scheme=scheme)
-    for i in plan.dit.resident_blocks:
-        fill_random(dit.double_blocks[i], seed=i + 1, device=device, scheme=scheme)
-
-    def source(index: int, block: nn.Module) -> None:
-        fill_random(block, seed=index + 1, device=device, scheme=scheme)
-        block.to("cpu")
-
-    offloaded = apply_plan(dit, plan, device, source=source)
-    return dit, plan, offloaded
+def test_image(resolution: int) -> Image.Image:
+    ramp = np.linspace(0, 255, resolution, dtype=np.float32)
+    pixels = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], 255 - ramp[None, :]), axis=-1)
+    return Image.fromarray(pixels.astype(np.uint8))
 
 
-def text_lengths(resolution: int) -> tuple[int, int]:
-    """(unconditional, conditional) text tokens the conditioner hands the DiT for one image: the
-    planner's count for the conditional prompt; the negative prompt lacks the instruction."""
-    conditional = dit_text_tokens(resolution)
-    return conditional - INSTRUCTION_TOKENS, conditional
+def planning_budget(case: Case, setup: Setup) -> tuple[Optional[int], Optional[str], Optional[int]]:
+    """(memory budget, preset, most resident DiT blocks) as `lowmem edit` would pass them. On the CPU
+    there is no card to emulate: a capped case streams every DiT block from disk instead."""
+    if setup.cuda:
+        return (None, PRESET, None) if case.capped else (setup.total, None, None)
+    return (256 * 2**20, None, 0) if case.capped else (2**36, None, None)
 
 
-def inputs(config: DiTConfig, resolution: int, device: torch.device):
-    """[uncond ; cond] inputs of one CFG step: latents, text states (the uncond row zero-padded),
-    the padding read once (as the pipeline does per edit) and the timesteps."""
-    g = torch.Generator().manual_seed(0)
-    side = resolution // 8
-    latents = torch.randn(1, 2, config.in_channels, 1, side, side, generator=g).expand(2, -1, -1, -1, -1, -1)
-    uncond, cond = text_lengths(resolution)
-    text = torch.randn(2, cond, config.text_states_dim, generator=g)
-    text[0, uncond:] = 0
-    return (latents.to(device, torch.bfloat16), text.to(device, torch.bfloat16), TextPadding((cond - uncond, 0)),
-            torch.tensor([600.0, 600.0], device=device))
+def cap(setup: Setup, case: Optional[Case]) -> Optional[int]:
+    """Limit PyTorch's allocator to what the emulated card leaves it (None: the whole device)."""
+    if not setup.cuda:
+        return None
+    limit = setup.preset.budget - setup.context if case is not None and case.capped else setup.total
+    torch.cuda.set_per_process_memory_fraction(min(1.0, limit / setup.total), setup.device)
+    return limit
 
 
-def timed(step: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> float:
-    step()  # warm-up: kernels, allocator, the streamer's first ring fill
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
-
-
-def run_case(case: Case, config: DiTConfig, resolution: int, device: torch.device, repeats: int) -> dict:
-    """One configuration, measured; every tensor it made is freed before the next one is built."""
-    cuda = device.type == "cuda"
-    total = torch.cuda.get_device_properties(device).total_memory if cuda else 0
-    cap = (CAP_BYTES if case.capped else total) if cuda else 0
-    if cuda:
-        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
-        torch.cuda.reset_peak_memory_stats(device)
-        torch.cuda.reset_accumulated_memory_stats(device)  # num_alloc_retries counts this case only
-    row = {"case": case.name, "precision": case.precision, "capped": case.capped, "spot": case.spot,
-           "cap_bytes": cap if case.capped else None}
-    try:
-        measure(case, config, resolution, device, repeats, cap, row)
-    except torch.cuda.OutOfMemoryError as exc:
-        row["error"] = f"out of memory: {str(exc).splitlines()[0]}"
-    except BudgetError as exc:
-        row["error"] = f"planner refused: {exc}"
-    except Exception as exc:  # one broken case must not lose the others: record it and go on
-        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        row["traceback"] = traceback.format_exc()
-    if cuda:  # measured for failed cases too: how far an out-of-memory case got
-        row["peak_allocated"] = torch.cuda.max_memory_allocated(device)
-        row["peak_reserved"] = torch.cuda.max_memory_reserved(device)
-        row["alloc_retries"] = torch.cuda.memory_stats(device).get("num_alloc_retries", 0)
-        row["within_cap"] = row["peak_reserved"] <= cap
-    # The DiT and its streamer reference each other (dit.block_runner -> streamer -> blocks): only
-    # the cycle collector frees the case's GPU memory, once `measure`'s frame is gone.
-    gc.collect()
-    if cuda:
+def compact(setup: Setup) -> None:
+    gc.collect()  # the DiT and its streamer, the conditioner and its hooks, reference each other
+    if setup.cuda:
         torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(setup.device)
+        torch.cuda.reset_accumulated_memory_stats(setup.device)
+
+
+def measure(case: Case, setup: Setup, row: dict) -> None:
+    """Build the case's models on the device, plan, run two edits; results go into `row`."""
+    device, dtype = setup.device, setup.dtype
+    dit = random_dit(setup.sizes.dit, case.precision, dtype)
+    conditioner = random_conditioner(setup.sizes, setup.folder, case.precision, device, dtype)
+    vae = random_vae(setup.sizes, device)
+    budget, preset, most_resident = planning_budget(case, setup)
+    # What the weights really are, as the loader tells the planner: unquantized ones in the compute dtype.
+    precision = case.precision if case.precision in ("int8", "nf4") else DTYPE_PRECISION[dtype]
+    plan = plan_models(dit, vae, conditioner, device, budget, preset, setup.resolution, precision, case.spot,
+                       most_resident, GUIDANCE)
+    row.update(plan=plan.summary(), resident_blocks=len(plan.dit.resident_blocks), blocks=plan.dit.num_blocks,
+               planned={phase: plan.estimate.phase_total(phase) for phase in PHASES if phase in plan.estimate.phases},
+               planned_streamed_per_step=plan.dit.streamed_bytes_per_step)
+    fill = block_filler(device, dtype)
+    fill_dit_outside_blocks(dit, device, dtype)
+    for index in plan.dit.resident_blocks:
+        fill(index, dit.double_blocks[index])
+    pipe = SpatialEditPipeline(dit, vae, conditioner, device, dtype)
+    pipe.offload = MeasuredRuntime(plan, dit, vae, conditioner, device, block_source=fill)
+    del dit, vae, conditioner
+    try:
+        compact(setup)
+        row["cap_bytes"] = cap(setup, case)
+        row["edits"] = [one_edit(pipe, case, setup) for _ in range(EDITS)]
+        if setup.timing is not None:
+            steps = time_model.predict(plan, setup.timing, setup.sizes.dit)
+            row["denoise_predicted_s"] = time_model.denoise_seconds(steps, setup.steps)[2]
+    finally:
+        pipe.close()
+    judge(row, setup)
+
+
+def one_edit(pipe: SpatialEditPipeline, case: Case, setup: Setup) -> dict:
+    runtime = pipe.offload
+    streamed = streamed_bytes(runtime)
+    result = pipe.edit(setup.image, instructions.rotate("chair", "front left"), steps=setup.steps, guidance=GUIDANCE,
+                       seed=0, resolution=setup.resolution, progress=False, spot=SpotConfig() if case.spot else None)
+    report = result.report
+    return {"seconds": {k: round(v, 3) for k, v in report.phase_seconds.items()},
+            "allocated": report.phase_peak_allocated, "reserved": report.phase_peak_reserved,
+            "bytes_streamed": streamed_bytes(runtime) - streamed, "syncs_in_denoise": len(runtime.syncs),
+            "sync_examples": sorted(set(runtime.syncs))[:3],
+            "spot_active_fraction": report.extra.get("spot_active_fraction"),
+            "alloc_retries": torch.cuda.memory_stats(setup.device).get("num_alloc_retries", 0) if setup.cuda else 0}
+
+
+def streamed_bytes(runtime: OffloadRuntime) -> int:
+    vlm = runtime.vlm.stats()["bytes_streamed"] if hasattr(runtime.vlm, "stats") else 0
+    return runtime.dit.stats()["bytes_streamed"] + vlm
+
+
+def judge(row: dict, setup: Setup) -> None:
+    """Per phase, the most the card held (reserved + context) against the plan; a phase over its
+    plan fails the case."""
+    edits = row.get("edits", [])
+    row["phases"] = {}
+    for phase, planned in row.get("planned", {}).items():
+        allocated = max((e["allocated"].get(phase, 0) for e in edits), default=0)
+        reserved = max((e["reserved"].get(phase, 0) for e in edits), default=0)
+        held = reserved + setup.context if setup.cuda else None
+        row["phases"][phase] = {"planned": planned, "allocated": allocated, "reserved": reserved, "held": held}
+        if held is not None and held > planned and "failed" not in row:
+            row["failed"] = (f"{phase} held {format_bytes(held)} of device memory (reserved {format_bytes(reserved)} + "
+                             f"context {format_bytes(setup.context)}), over its plan of {format_bytes(planned)}")
+    if edits:
+        last = edits[-1]
+        row["denoise_measured_s"] = last["seconds"].get("denoise")
+        row["streamed_per_step"] = last["bytes_streamed"] // setup.steps
+
+
+def run_case(case: Case, setup: Setup) -> dict:
+    """One case, measured; one that fails is recorded with its reason and the suite goes on."""
+    row = {"case": case.name, "precision": case.precision, "spot": case.spot, "capped": case.capped}
+    started = time.perf_counter()
+    try:
+        compact(setup)
+        cap(setup, None)  # built without the cap: the models are made on the card, then placed by the plan
+        measure(case, setup, row)
+    except torch.OutOfMemoryError as exc:
+        row["failed"] = f"out of memory: {str(exc).splitlines()[0]}"
+    except BudgetError as exc:
+        row["failed"] = f"planner refused: {exc}"
+    except Exception as exc:  # noqa: BLE001 - one broken case must not lose the others: record it and go on
+        row["failed"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        row["traceback"] = traceback.format_exc()
+    finally:
+        compact(setup)
+    row["seconds"] = round(time.perf_counter() - started, 1)
     return row
 
 
-def measure(case: Case, config: DiTConfig, resolution: int, device: torch.device, repeats: int, cap: int, row: dict) -> None:
-    """Build the case's model under its plan and time its step; results go into `row`."""
-    cuda = device.type == "cuda"
-    # On the CPU smoke run there is no cap to emulate: "capped" cases stream half the blocks instead.
-    budget = cap if cuda else 64 * GIB
-    max_resident = None if cuda or not case.capped else config.mm_double_blocks_depth // 2
-    dit, plan, offloaded = build_model(config, case.precision, device, budget, case.spot, resolution, max_resident)
-    cache = None
-    try:
-        row.update(plan=plan.summary(), resident_blocks=len(plan.dit.resident_blocks), blocks=plan.dit.num_blocks)
-        latents, text, padding, t = inputs(config, resolution, device)
-        spot = DiTSpotModel(dit)
-        with torch.inference_mode():
-            if case.spot:
-                cache = spot.new_cache(device if plan.spotedit.cache_placement != "host" else "cpu")
-                spot.full(latents, t, text, padding, cache)
-                n = (latents.shape[-1] // 2) * (latents.shape[-2] // 2)
-                order = torch.randperm(n, generator=torch.Generator().manual_seed(1))
-                active = order[: round(SPOT_FRACTION * n)].sort().values  # on the host, as the loop hands it
-                row["cache_bytes"], row["cache_on"] = cache.nbytes, str(cache.device)
-                step = lambda: spot.partial(latents, t, text, padding, active, cache, fusion_alpha(0.5))  # noqa: E731
-            else:
-                step = lambda: dit(latents, t, text, padding)  # noqa: E731
-            row["step_s"] = timed(step, device, repeats)
-        row["bytes_streamed_per_step"] = plan.dit.streamed_bytes_per_step
-    finally:
-        if cache is not None:
-            cache.release()
-        offloaded.close()
-
-
-def ratios(rows: list[dict]) -> dict[str, float]:
-    by = {r["case"]: r.get("step_s") for r in rows}
-
-    def ratio(a: str, b: str) -> Optional[float]:
-        return by[a] / by[b] if by.get(a) and by.get(b) else None
-
-    return {
-        "bf16 streamed (capped) / bf16 resident (uncapped)": ratio(CASES[0].name, CASES[4].name),
-        "nf4 (capped) / bf16 resident (uncapped)": ratio(CASES[2].name, CASES[4].name),
-        "SpotEdit speed-up, bf16 streamed capped": ratio(CASES[0].name, CASES[1].name),
-        "SpotEdit speed-up, nf4 capped": ratio(CASES[2].name, CASES[3].name),
-        "SpotEdit speed-up, bf16 resident": ratio(CASES[4].name, CASES[5].name),
-    }
-
-
 def table(result: dict) -> str:
-    lines = [f"{'case':<44} {'resident':>9} {'step s':>8} {'peak alloc':>11} {'peak resv':>11} {'retries':>7} "
-             f"{'cap':>9}  note"]
+    lines = [f"{result['device']}, capped = {result['preset'] or 'streamed from disk'}, CUDA context {format_bytes(result['context_bytes'])}, "
+             f"PYTORCH_CUDA_ALLOC_CONF={result['alloc_conf'] or '-'}, {result['resolution']}px, {result['steps']} steps, "
+             f"guidance {GUIDANCE:g}, {EDITS} edits per case", ""]
+    lines.append(f"{'case':<40} {'resident':>9} {'denoise s':>9} {'predicted':>9} {'streamed/step':>13} "
+                 f"{'planned/step':>12} {'syncs':>5}  result")
     for r in result["rows"]:
         resident = f"{r.get('resident_blocks', '-')}/{r.get('blocks', '-')}"
-        step = f"{r['step_s']:.3f}" if "step_s" in r else "-"
-        allocated = format_bytes(r["peak_allocated"]) if "peak_allocated" in r else "-"
-        reserved = format_bytes(r["peak_reserved"]) if "peak_reserved" in r else "-"
-        cap = format_bytes(r["cap_bytes"]) if r.get("cap_bytes") else "none" if r.get("capped") is False else "-"
-        note = r.get("error", "reserved within cap" if r.get("within_cap") else "")
-        lines.append(f"{r['case']:<44} {resident:>9} {step:>8} {allocated:>11} {reserved:>11} "
-                     f"{r.get('alloc_retries', '-'):>7} {cap:>9}  {note}")
-    lines.append("")
-    for name, value in result["ratios"].items():
-        lines.append(f"{name:<52} {'-' if value is None else f'{value:.2f}x'}")
+        measured = f"{r['denoise_measured_s']:.2f}" if r.get("denoise_measured_s") is not None else "-"
+        predicted = f"{r['denoise_predicted_s']:.2f}" if r.get("denoise_predicted_s") is not None else "-"
+        streamed = format_bytes(r["streamed_per_step"]) if "streamed_per_step" in r else "-"
+        planned = format_bytes(r["planned_streamed_per_step"]) if "planned_streamed_per_step" in r else "-"
+        syncs = r["edits"][-1]["syncs_in_denoise"] if r.get("edits") else "-"
+        lines.append(f"{r['case']:<40} {resident:>9} {measured:>9} {predicted:>9} {streamed:>13} {planned:>12} "
+                     f"{syncs:>5}  {'FAILED: ' + r['failed'] if 'failed' in r else 'ok'}")
+    lines += ["", f"{'case':<40} {'phase':<14} {'planned':>10} {'allocated':>10} {'reserved':>10} {'held':>10}"]
+    for r in result["rows"]:
+        for phase, p in r.get("phases", {}).items():
+            held = format_bytes(p["held"]) if p["held"] is not None else "-"
+            lines.append(f"{r['case']:<40} {phase:<14} {format_bytes(p['planned']):>10} {format_bytes(p['allocated']):>10} "
+                         f"{format_bytes(p['reserved']):>10} {held:>10}")
     return "\n".join(lines)
+
+
+def write_results(out_dir: Path, name: str, result: dict) -> None:
+    """NAME.json and NAME.txt as they stand, each written aside and renamed into place."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for file, text in ((f"{name}.json", json.dumps(result, indent=2)), (f"{name}.txt", table(result) + "\n")):
+        part = out_dir / f".{file}.part"
+        part.write_text(text)
+        os.replace(part, out_dir / file)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, help="write gpu_suite.json and gpu_suite.txt here")
-    parser.add_argument("--resolution", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=2, help="timed steps per case (after one warm-up)")
-    parser.add_argument("--cpu-smoke", action="store_true", help="run the same code on a small model on the CPU")
+    parser.add_argument("--out-dir", type=Path, help="write NAME.json and NAME.txt here")
+    parser.add_argument("--name", default="gpu_suite", help="file name stem of the results (default: %(default)s)")
+    parser.add_argument("--cases", help="run only the cases whose name contains this text")
+    parser.add_argument("--steps", type=int, default=6, help="denoising steps per edit (default: %(default)s)")
+    parser.add_argument("--time-limit", type=float, default=420, help="seconds; cases that would start later are "
+                                                                      "skipped (default: %(default)s)")
+    parser.add_argument("--cpu", action="store_true", help="the same code on the tiny configuration, on the CPU")
     args = parser.parse_args(argv)
-    if args.cpu_smoke:
-        device, config, resolution = torch.device("cpu"), SMOKE_CONFIG, 64
-    elif not torch.cuda.is_available():
-        print("gpu_suite needs a CUDA GPU (an H100/H200 to emulate a 24 GB card at full scale) and found none; "
-              "run it there, or use --cpu-smoke to exercise the code path on a small model", file=sys.stderr)
+    if not args.cpu and not torch.cuda.is_available():
+        print("gpu_suite needs a CUDA GPU (an H100/H200 emulates a 24 GB card at full size) and found none; run it "
+              "there, or use --cpu for the tiny configuration", file=sys.stderr)
         return 2
-    else:
-        device, config, resolution = torch.device("cuda"), FULL_DIT_CONFIG, args.resolution
+    cases = [c for c in CASES if args.cases is None or args.cases in c.name]
     started = time.perf_counter()
-    uncond, cond = text_lengths(resolution)
-    result = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "config": {"hidden": config.hidden_size, "blocks": config.mm_double_blocks_depth, "resolution": resolution,
-                   "text_tokens": {"unconditional": uncond, "conditional": cond}, "batch": 2,
-                   "spot_fraction": SPOT_FRACTION},
-        "rows": [],
-    }
-    for case in CASES:
-        if time.perf_counter() - started > TIME_LIMIT_S - 60:
-            result["rows"].append({"case": case.name, "error": "skipped: the 9 minute limit is near"})
-        else:
-            print(f"running: {case.name}", file=sys.stderr, flush=True)
-            result["rows"].append(run_case(case, config, resolution, device, args.repeats))
-        result["ratios"], result["seconds"] = ratios(result["rows"]), time.perf_counter() - started
-        if args.out_dir:
-            write_results(args.out_dir, result)
+    with tempfile.TemporaryDirectory(prefix="gpu-suite-") as scratch:
+        setup = make_setup(args, Path(scratch))
+        result = {"device": torch.cuda.get_device_name(setup.device) if setup.cuda else "cpu",
+                  "torch": torch.__version__, "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
+                  "context_bytes": setup.context, "total_bytes": setup.total, "preset": PRESET if setup.cuda else None,
+                  "resolution": setup.resolution, "steps": setup.steps, "rows": []}
+        for case in cases:
+            if time.perf_counter() - started > args.time_limit:
+                result["rows"].append({"case": case.name, "skipped": "the time limit was reached"})
+            else:
+                print(f"running: {case.name}", file=sys.stderr, flush=True)
+                result["rows"].append(run_case(case, setup))
+            result["seconds"] = round(time.perf_counter() - started, 1)
+            if args.out_dir:
+                write_results(args.out_dir, args.name, result)
     print(table(result))
-    return 0
+    return 1 if any("failed" in r for r in result["rows"]) else 0
 
 
-def write_results(out_dir: Path, result: dict) -> None:
-    """gpu_suite.json and gpu_suite.txt as they stand, each written aside and renamed into place."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in (("gpu_suite.json", json.dumps(result, indent=2)), ("gpu_suite.txt", table(result) + "\n")):
-        part = out_dir / f"{name}.part"
-        part.write_text(text)
-        os.replace(part, out_dir / name)
+def make_setup(args: argparse.Namespace, scratch: Path) -> Setup:
+    if args.cpu:
+        device, sizes, resolution, preset, timing = torch.device("cpu"), TINY, 64, None, None
+    else:
+        device, sizes, resolution = torch.device("cuda"), FULL, 1024
+        preset = load_preset(PRESET)
+        name = torch.cuda.get_device_name(device)
+        timing = next((load_preset(p) for key, p in TIMING_PRESETS.items() if key in name), None)
+    setup = Setup(device, sizes, resolution, args.steps, tiny_qwen3vl_folder(scratch / "qwen3vl"), preset, timing)
+    if setup.cuda:
+        setup.context, setup.total = cuda_context(device)
+    setup.image = test_image(resolution)
+    return setup
 
 
 if __name__ == "__main__":

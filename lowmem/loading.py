@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from lowmem.errors import CorruptCheckpointError
-from lowmem.models.conditioner import QwenVLConditioner, _check_folder, _load_processor
+from lowmem.models.conditioner import QwenVLConditioner, _check_folder, load_processor
 from lowmem.models.dit import SpatialEditDiT
 from lowmem.models.dit_loading import DiTCheckpoint, Selection, check_filled, everything
 from lowmem.models.layout import ModelFolder, open_model_folder, open_shard
@@ -189,7 +189,7 @@ def load_vlm_quantizing(text_encoder: Path, scheme: str, backend: Optional[str] 
 
 def _conditioner(model: nn.Module, text_encoder: Path) -> QwenVLConditioner:
     _check_folder(text_encoder)
-    return QwenVLConditioner(model, _load_processor(text_encoder))
+    return QwenVLConditioner(model, load_processor(text_encoder))
 
 
 def check_requested_scheme(folder: ModelFolder, quantization: Optional[str]) -> None:

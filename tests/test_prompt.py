@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lowmem.models.conditioner import QwenVLConditioner, _load_processor
+from lowmem.models.conditioner import QwenVLConditioner, load_processor
 from lowmem.models.prompt import (
     MAX_TEXT_TOKENS,
     RELEASED_DROPPED_PREFIX,
@@ -72,7 +72,7 @@ def qwen_processor_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def conditioner(qwen_processor_folder: Path) -> QwenVLConditioner:
     # Only the text side is checked here: Qwen's 151k vocabulary does not fit the tiny model.
-    return QwenVLConditioner(model=None, processor=_load_processor(qwen_processor_folder))
+    return QwenVLConditioner(model=None, processor=load_processor(qwen_processor_folder))
 
 
 def test_prompt_text_is_the_official_template():

@@ -60,7 +60,7 @@ def _check_folder(folder: Path) -> None:
         )
 
 
-def _load_processor(folder: Path) -> object:
+def load_processor(folder: Path) -> object:
     """Qwen3VLProcessor for the folder.
 
     transformers 5.x makes Qwen3VLProcessor require a video processor, and its video processor
@@ -130,7 +130,7 @@ class QwenVLConditioner:
 
         folder = Path(folder)
         _check_folder(folder)
-        processor = _load_processor(folder)
+        processor = load_processor(folder)
         model = Qwen3VLForConditionalGeneration.from_pretrained(
             str(folder),
             dtype=dtype,  # transformers 5 name (torch_dtype is deprecated)

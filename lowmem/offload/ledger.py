@@ -2,16 +2,13 @@
 
 The runtime calls `place(name, bytes)` when it puts something on the device (resident weights,
 the slot ring, SpotEdit caches, an activation estimate for the phase) and `release(name)` when it
-takes it away. On CUDA the ledger's peak is compared with `torch.cuda.max_memory_allocated`; the
-run report prints both.
+takes it away. The run report prints its peak beside what CUDA's allocator measured per phase.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional
-
-import torch
 
 
 @dataclass
@@ -38,9 +35,3 @@ class MemoryLedger:
     @property
     def over_budget(self) -> bool:
         return self.budget is not None and self.peak > self.budget
-
-    def measured_peak(self) -> Optional[int]:
-        """torch.cuda.max_memory_allocated on CUDA, None elsewhere."""
-        if self.device.startswith("cuda") and torch.cuda.is_available():
-            return int(torch.cuda.max_memory_allocated())
-        return None

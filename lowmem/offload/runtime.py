@@ -127,9 +127,6 @@ class OffloadRuntime:
                if isinstance(self.vlm, StreamedConditioner) else {}),
             "ledger peak": format_bytes(self.ledger.peak) + f" of budget {format_bytes(self.plan.budget)}",
         }
-        measured: Optional[int] = self.ledger.measured_peak()
-        if measured is not None:
-            items["cuda max_memory_allocated"] = format_bytes(measured)
         return items
 
     def close(self) -> None:

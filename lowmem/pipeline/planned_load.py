@@ -15,8 +15,12 @@ import torch
 
 from lowmem.common.host_memory import return_freed_memory
 from lowmem.loading import ModelLoader
+from lowmem.models.conditioner import QwenVLConditioner
+from lowmem.models.dit import SpatialEditDiT
 from lowmem.models.dit_loading import in_block, outside_blocks
 from lowmem.models.layout import ModelFolder
+from lowmem.models.vae import WanVAE
+from lowmem.offload.plan import Plan
 from lowmem.offload.runtime import OffloadRuntime
 from lowmem.planning.planner import plan_for
 from lowmem.planning.preflight import folder_precision, preflight_plan
@@ -29,6 +33,16 @@ def planned_device_kind(device: torch.device) -> str:
     """The hardware class the plan is made for: `meta` stands in for the GPU in the CPU-only checks
     (the meta-device edit runs the CUDA plan's placements with no memory behind them)."""
     return "cuda" if device.type == "meta" else device.type
+
+
+def plan_models(dit: SpatialEditDiT, vae: WanVAE, conditioner: QwenVLConditioner, device: torch.device, memory_budget,
+                preset: Optional[str], resolution: int, precision: str, spot: bool,
+                max_resident_blocks: Optional[int] = None, guidance: float = 5.0) -> Plan:
+    """The plan for these models (the DiT may still be on `meta`: it is sized, not read) on `device`."""
+    return plan_for(dit, memory_budget, resolution, precision, spot, preset=preset, device=planned_device_kind(device),
+                    vlm_bytes=conditioner.weight_bytes(), vae_bytes=vae.weight_bytes(),
+                    max_resident_blocks=max_resident_blocks, vae_config=dict(vae.module.config),
+                    vlm_config=conditioner.model.config, guidance=guidance)
 
 
 def load_under_plan(
@@ -55,10 +69,8 @@ def load_under_plan(
 
     loader = ModelLoader(folder, HOST, dtype, quantization)  # the DiT built, none of its weights read yet
     conditioner, vae = loader.conditioner(), loader.vae()
-    plan = plan_for(loader.dit, memory_budget, resolution, precision, spot, preset=preset,
-                    device=planned_device_kind(device), vlm_bytes=conditioner.weight_bytes(), vae_bytes=vae.weight_bytes(),
-                    max_resident_blocks=max_resident_blocks, vae_config=dict(vae.module.config),
-                    vlm_config=conditioner.model.config, guidance=guidance)
+    plan = plan_models(loader.dit, vae, conditioner, device, memory_budget, preset, resolution, precision, spot,
+                       max_resident_blocks, guidance)
     loader.fill(outside_blocks)
     for index in plan.dit.resident_blocks:
         loader.fill(in_block(index))

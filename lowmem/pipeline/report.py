@@ -30,7 +30,11 @@ class RunReport:
     guidance: float = 0.0
     seed: int = 0
     phase_seconds: dict[str, float] = field(default_factory=dict)
-    peak_device_bytes: int = 0  # torch.cuda.max_memory_allocated on CUDA; 0 on CPU
+    # On CUDA, per phase: the most bytes PyTorch's allocator handed out, and the most it held from the
+    # device (the difference is its cache and fragmentation). Empty on the CPU.
+    phase_peak_allocated: dict[str, int] = field(default_factory=dict)
+    phase_peak_reserved: dict[str, int] = field(default_factory=dict)
+    peak_device_bytes: int = 0  # the largest phase_peak_allocated (torch.cuda.max_memory_allocated); 0 on CPU
     peak_rss_bytes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -40,6 +44,9 @@ class RunReport:
         such as a 17 GB conditioner on the device or a tiled 1024 px decode show no bar of their own)."""
         if announce:
             tqdm.write(f"{name} ...", file=sys.stderr)
+        cuda = torch.device(self.device) if self.device.startswith("cuda") else None
+        if cuda is not None:
+            torch.cuda.reset_peak_memory_stats(cuda)
         start = time.perf_counter()
         outcome = "done in"
         try:
@@ -50,12 +57,16 @@ class RunReport:
         finally:
             seconds = time.perf_counter() - start
             self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + seconds
+            if cuda is not None:
+                self.phase_peak_allocated[name] = max(self.phase_peak_allocated.get(name, 0),
+                                                      torch.cuda.max_memory_allocated(cuda))
+                self.phase_peak_reserved[name] = max(self.phase_peak_reserved.get(name, 0),
+                                                     torch.cuda.max_memory_reserved(cuda))
             if announce:
                 tqdm.write(f"{name} {outcome} {seconds:.2f} s", file=sys.stderr)
 
     def finish(self) -> "RunReport":
-        if self.device.startswith("cuda"):
-            self.peak_device_bytes = torch.cuda.max_memory_allocated()
+        self.peak_device_bytes = max(self.phase_peak_allocated.values(), default=0)
         self.peak_rss_bytes = peak_rss_bytes()
         return self
 
@@ -68,7 +79,9 @@ class RunReport:
     def format(self) -> str:
         lines = [f"edit {self.width}x{self.height}, {self.steps} steps, guidance {self.guidance:g}, seed {self.seed} on {self.device} ({self.dtype})"]
         for name, seconds in self.phase_seconds.items():
-            lines.append(f"  {name:<14} {seconds:8.2f} s")
+            peak = self.phase_peak_allocated.get(name)
+            memory = f"   peak {peak / 2**30:.2f} GiB (held {self.phase_peak_reserved[name] / 2**30:.2f})" if peak else ""
+            lines.append(f"  {name:<14} {seconds:8.2f} s{memory}")
         if self.peak_device_bytes:
             lines.append(f"  peak device memory {self.peak_device_bytes / 2**30:.2f} GiB")
         lines.append(f"  peak host RSS      {self.peak_rss_bytes / 2**30:.2f} GiB")

@@ -173,8 +173,6 @@ class SpatialEditPipeline:
         report = RunReport(device=str(self.device), dtype=str(self.dtype).removeprefix("torch."), width=source.width,
                            height=source.height, steps=steps, guidance=guidance, seed=seed)
         report.extra["input"] = fit.describe()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
         generator = torch.Generator("cpu").manual_seed(seed)
 
         offload = self.offload
