@@ -59,7 +59,7 @@ class FakeEditModel:
     def full(self, latents, timestep, text_states, text_mask, cache=None):
         return self._velocity(latents, timestep)
 
-    def partial(self, latents, timestep, text_states, text_mask, active, cache, alpha):
+    def partial(self, latents, timestep, text_states, text_mask, active, cache, alpha, reused=None):
         self.partial_calls.append(active.numel())
         v = self._velocity(latents, timestep)
         keep = torch.zeros(v.shape[-2] // 2 * (v.shape[-1] // 2), dtype=torch.bool)

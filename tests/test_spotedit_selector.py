@@ -116,7 +116,7 @@ def test_the_loop_runs_the_selector_only_at_segment_starts(vae, monkeypatch):
         def full(self, latents, timestep, *_args, **_kw):
             return (latents[:, -1] - target) / sigmas[round(float(timestep[0]), 3)]
 
-        def partial(self, latents, timestep, states, mask, active, cache, alpha):
+        def partial(self, latents, timestep, states, mask, active, cache, alpha, reused=None):
             return self.full(latents, timestep)
 
     config = SpotConfig(threshold=0.15, initial_steps=2, reset_steps=(6,), reference_steps=None)

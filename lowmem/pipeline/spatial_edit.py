@@ -216,9 +216,10 @@ class SpatialEditPipeline:
         x = torch.randn(condition.shape, generator=generator, dtype=torch.float32).to(self.device)
         condition = condition.float()
         batch = self.cfg_strategy.rows(guidance)  # [uncond ; cond], or one of them (guidance <= 1, CFG parallel)
-        for t in tqdm(scheduler.timesteps, desc="denoise", disable=not progress, leave=False):
+        timesteps = scheduler.timesteps.to(self.device, torch.float32)  # once: a copy per step would make the host wait
+        for i, t in enumerate(tqdm(scheduler.timesteps, desc="denoise", disable=not progress, leave=False)):
             items = torch.stack((condition, x), dim=1).expand(batch, -1, -1, -1, -1, -1)
-            timestep = t.to(self.device, torch.float32).expand(batch)
+            timestep = timesteps[i].expand(batch)
             v = self.dit(items.to(self.dtype), timestep, states, mask).float()
             v = self.cfg_strategy.velocity(v, guidance)
             x = scheduler.step(v, t, x).prev_sample

@@ -7,6 +7,10 @@ the DiT on the active tokens only (CFG rows [uncond ; cond] share the set), and 
 tokens follow the velocity that carries them straight to the condition latent, v = (x - y) / sigma.
 A step whose mask holds every token runs in full, so a threshold that skips nothing gives exactly
 the full path. At the end the non-edited tokens are replaced by the condition's (`replace_tokens`).
+
+The host never waits for the device inside a step: the timesteps go to the device once, and the
+token sets a selection decides (which tokens run, which are reused, the reuse mask over the
+latents) are made on the host and sent to the device once per selection (`Selection`).
 """
 
 from __future__ import annotations
@@ -63,7 +67,25 @@ class SpotVelocityModel:
 
     def new_cache(self, device) -> SpotKVCache: ...
     def full(self, latents, timestep, text_states, text_mask, cache=None) -> torch.Tensor: ...
-    def partial(self, latents, timestep, text_states, text_mask, active, cache, alpha) -> torch.Tensor: ...
+    def partial(self, latents, timestep, text_states, text_mask, active, cache, alpha, reused=None) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class Selection:
+    """One selection's token sets, decided on the host and sent to the device once."""
+
+    mask: torch.Tensor  # (h, w) bool on the host: the edited tokens
+    everything: bool  # every token edited: the steps run in full
+    fraction: float  # edited tokens / all tokens
+    active: torch.Tensor  # flat indices of the edited tokens, on the device
+    reused: torch.Tensor  # flat indices of the others, on the device
+    reuse: torch.Tensor  # (1, 1, 1, H, W) bool over the latents: where the reused tokens lie, on the device
+
+    @classmethod
+    def of(cls, mask: torch.Tensor, device: torch.device) -> "Selection":
+        flat = mask.flatten()
+        return cls(mask, bool(flat.all()), int(flat.sum()) / flat.numel(), flat.nonzero().squeeze(1).to(device),
+                   (~flat).nonzero().squeeze(1).to(device), tokens_to_latent(~mask).to(device))
 
 
 def spot_denoise(
@@ -93,7 +115,8 @@ def spot_denoise(
     selector = SpotSelector(vae, condition, config.threshold, config.dilation, dtype=dtype)
     selections = config.selection_steps(steps)
     cache: Optional[SpotKVCache] = None
-    edited: Optional[torch.Tensor] = None  # active mask for the coming step
+    edited: Optional[Selection] = None  # the tokens of the coming steps
+    timesteps = scheduler.timesteps.to(device, torch.float32)
     outcome = SpotOutcome()
     cfg = cfg or BatchedGuidance()
     batch = cfg.rows(guidance)  # [uncond ; cond], or one of them (guidance <= 1, CFG parallel)
@@ -102,18 +125,17 @@ def spot_denoise(
         for i, t in enumerate(tqdm(scheduler.timesteps, desc="denoise (spot)", disable=not progress, leave=False)):
             sigma = float(scheduler.sigmas[i])
             items = torch.stack((condition, x), dim=1).expand(batch, -1, -1, -1, -1, -1)
-            timestep = t.to(device, torch.float32).expand(batch)
+            timestep = timesteps[i].expand(batch)
             spot_step = (
                 cache is not None and cache.ready and edited is not None and i >= initial and i not in resets
-                and not bool(edited.all())
+                and not edited.everything
             )
             if spot_step:
-                active = edited.flatten().nonzero().squeeze(1)  # DiTSpotModel.partial moves it to the device
-                v = model.partial(items.to(dtype), timestep, states, mask, active, cache, fusion_alpha(sigma)).float()
+                v = model.partial(items.to(dtype), timestep, states, mask, edited.active, cache, fusion_alpha(sigma),
+                                  reused=edited.reused).float()
                 v = cfg.velocity(v, guidance)
-                reuse = tokens_to_latent(~edited).to(device)
-                v = torch.where(reuse, (x - condition) / sigma, v)
-                outcome.active_fraction.append(active.numel() / edited.numel())
+                v = torch.where(edited.reuse, (x - condition) / sigma, v)
+                outcome.active_fraction.append(edited.fraction)
             else:
                 record = i + 1 < steps and i + 1 >= initial and (i + 1) not in resets
                 if record and cache is None:
@@ -124,12 +146,13 @@ def spot_denoise(
                 outcome.full_steps.append(i)
             last_chance = i + 1 == steps and edited is None and i + 1 >= initial  # no segment chose a region
             if i + 1 in selections or last_chance:
-                edited = selector.select(x - sigma * v)  # for the coming segment; after the last: the region
+                chosen = selector.select(x - sigma * v)  # for the coming segment; after the last: the region
+                edited = Selection.of(chosen, device) if chosen is not None else None
             x = scheduler.step(v, t, x).prev_sample
 
-        if edited is not None and not bool(edited.all()):
-            x = replace_tokens(x, condition, edited.to(x.device))
-        outcome.edited_mask = edited
+        if edited is not None and not edited.everything:
+            x = replace_tokens(x, condition, edited.mask.to(x.device))
+        outcome.edited_mask = edited.mask if edited is not None else None
         if cache is not None:
             outcome.cache_bytes, outcome.cache_device = cache.nbytes, str(cache.device)
             outcome.cache_bytes_moved = cache.bytes_loaded + cache.bytes_written_back

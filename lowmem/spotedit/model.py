@@ -17,6 +17,15 @@ from lowmem.spotedit.attention import RecordHook, SpotHook, frame_shift_rope, ga
 from lowmem.spotedit.cache import CACHE_PREFETCH, CACHE_SLOTS, SpotKVCache
 
 
+def token_indices(active: torch.Tensor, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(active, reused) flat indices of `n` tokens on `device`. The complement is taken on the host (a
+    nonzero on the device would make the host wait for it), then both lists go to the device once."""
+    host_active = active.cpu()
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[host_active] = False
+    return host_active.to(device), keep.nonzero().squeeze(1).to(device)
+
+
 class DiTSpotModel:
     def __init__(self, dit: SpatialEditDiT):
         self.dit = dit
@@ -57,18 +66,17 @@ class DiTSpotModel:
         active: torch.Tensor,
         cache: SpotKVCache,
         alpha: Optional[float],
+        reused: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Velocity (B, C, 1, H, W) computed for the target tokens at `active` (flat token indices);
-        the other positions of the result are meaningless (the caller fills them)."""
+        the other positions of the result are meaningless (the caller fills them). `reused`: the other
+        tokens' indices, on the device with `active` (the denoising loop decides both once per
+        selection); without it they are derived here, on the host."""
         dit = self.dit
         tokens, target_grid = dit.embed_image(latents[:, -1:])
         n = target_grid.per_item
-        # Which tokens to skip is a host decision: the complement is taken on the host (a nonzero on
-        # the device would sync it again), then both index lists go to the device once.
-        host_active = active.cpu()
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[host_active] = False
-        active, reused = host_active.to(tokens.device), keep.nonzero().squeeze(1).to(tokens.device)
+        if reused is None:
+            active, reused = token_indices(active, n, tokens.device)
         img = tokens.index_select(1, active)
         grid = TokenGrid(items=latents.shape[1], height=target_grid.height, width=target_grid.width)
         shift = None

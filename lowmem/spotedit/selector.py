@@ -96,9 +96,11 @@ class SpotSelector:
         return self.last_scores
 
     def select(self, x0_hat: torch.Tensor) -> Optional[torch.Tensor]:
-        """Edited (active) token mask (h, w), dilated; None when no threshold >= 1e-4 finds any edited
-        token (full-reuse guard: then the caller runs the step in full)."""
-        scores = self.scores(x0_hat)
+        """Edited (active) token mask (h, w) on the host, dilated; None when no threshold >= 1e-4 finds
+        any edited token (full-reuse guard: then the caller runs the step in full). The scores come to
+        the host once and the threshold is found there: one wait for the device per selection, not one
+        per comparison of the threshold search."""
+        scores = self.scores(x0_hat).float().cpu()
         tau = two_means_threshold(scores) if self.threshold == AUTO else self.threshold
         edited = scores >= tau
         while not bool(edited.any()):
