@@ -137,3 +137,29 @@ def test_streamed_conditioner_plan(tiny_model, decoded, monkeypatch):
     vlm = pipe.offload.vlm
     assert type(vlm).__name__ == "StreamedConditioner" and vlm.stats()["bytes_streamed"] > 0
     assert "vlm bytes streamed" in result.report.extra
+
+
+def test_host_caches_are_pinned_once_per_pipeline(tiny_model, decoded, monkeypatch):
+    """SpotEdit's caches on the host (here asked for; the planner picks it when the card is short):
+    two edits of one pipeline make one arena, and closing the pipeline gives it back."""
+    import lowmem.spotedit.cache_ring as cache_ring
+
+    arenas = []
+
+    class Counted(cache_ring.PinnedArena):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            arenas.append(self)
+
+    monkeypatch.setattr(cache_ring, "PinnedArena", Counted)
+    pipe = SpatialEditPipeline.from_folder(tiny_model, device="meta", dtype=torch.bfloat16, resolution=SIZE, spot=True,
+                                           memory_budget="2GB", max_resident_blocks=1)
+    run_qwen3vl_text_path(pipe)
+    config = SpotConfig(initial_steps=1, reset_steps=(), reference_steps=None, cache_device="cpu")
+    for _ in range(2):
+        result = pipe.edit(Image.new("RGB", (SIZE, SIZE)), "rotate the cube", steps=3, resolution=SIZE, progress=False,
+                           spot=config)
+        assert result.report.extra["spot_cache_device"] == "cpu" and result.report.extra["spot_cache_bytes_moved"] > 0
+    assert len(arenas) == 1 and arenas[0].nbytes > 0
+    pipe.close()
+    assert arenas[0].nbytes == 0

@@ -59,7 +59,7 @@ SCHEDULE = [None, ACTIVE, torch.tensor([5]), None, torch.arange(N)]
 
 
 def run_edits(spot: DiTSpotModel, cache: SpotKVCache, edits: int = 2, device: str = "cpu",
-              dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+              dtype: torch.dtype = torch.float32, keep_host: bool = False) -> list[torch.Tensor]:
     """`edits` edits in a row on one cache; the outputs of every forward and the caches after each."""
     outs = []
     for edit in range(edits):
@@ -72,7 +72,7 @@ def run_edits(spot: DiTSpotModel, cache: SpotKVCache, edits: int = 2, device: st
                 alpha = fusion_alpha(float(t[0]) / 1000)
                 outs.append(spot.partial(latents, t, text, mask, active.to(device), cache, alpha))
         outs += [cache.view(i).to("cpu", copy=True) for i in range(BLOCKS)]
-        cache.release()
+        cache.release(keep_host=keep_host)
     return outs
 
 
@@ -186,6 +186,31 @@ def test_an_interrupted_spot_step_leaves_the_ring_usable(dit, device_placed):
     spot.partial(latents, t, text, mask, ACTIVE, cache, fusion_alpha(0.6))
     cache.release()
     assert_ordered(streams.log)
+
+
+def test_a_kept_host_arena_serves_edit_after_edit(dit, device_placed, monkeypatch):
+    """A pipeline pins its host caches' arena once: after each edit only the device slots go back,
+    and the next edit reuses the arena with the same numbers and an ordered log."""
+    import lowmem.spotedit.cache_ring as cache_ring
+
+    arenas = []
+
+    class Counted(cache_ring.PinnedArena):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            arenas.append(self)
+
+    monkeypatch.setattr(cache_ring, "PinnedArena", Counted)
+    streams = RecordingStreams()
+    cache = SpotKVCache(BLOCKS, placement="host", slots=2, prefetch=1, streams=streams)
+    outs = run_edits(DiTSpotModel(dit), cache, keep_host=True)
+    assert all(torch.equal(a, b) for a, b in zip(outs, device_placed))
+    assert_ordered(streams.log)
+    assert len(arenas) == 1 and arenas[0].nbytes > 0, "the arena was made again, or not kept"
+    slots = [op for op in streams.log if op.kind in ("allocate", "free") and op.buffer.startswith("spot cache slot")]
+    assert [op.kind for op in slots] == ["allocate"] * 2 + ["free"] * 2 + ["allocate"] * 2 + ["free"] * 2
+    cache.release()
+    assert arenas[0].nbytes == 0
 
 
 class HostCached(DiTSpotModel):

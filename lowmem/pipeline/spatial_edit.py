@@ -30,7 +30,7 @@ from lowmem.models.layout import open_model_folder
 from lowmem.models.scheduler import make_scheduler
 from lowmem.models.vae import WanVAE
 from lowmem.pipeline.report import RunReport
-from lowmem.spotedit import SpotConfig, spot_denoise
+from lowmem.spotedit import DiTSpotModel, SpotConfig, SpotKVCache, spot_denoise
 
 
 @dataclass
@@ -66,6 +66,7 @@ class SpatialEditPipeline:
         self.dtype = dtype
         self.offload = None  # lowmem.offload.OffloadRuntime when loaded with a memory budget
         self.cfg_strategy = BatchedGuidance()  # where the CFG rows run: here, or one per rank (lowmem.parallel)
+        self.host_spot_cache: Optional[SpotKVCache] = None  # see `_host_spot_cache`
         self.closed = False
 
     def close(self) -> None:
@@ -73,6 +74,9 @@ class SpatialEditPipeline:
         streamed blocks' disk files, and every pipeline's models, so their device memory is free once
         nothing else refers to them (a long-lived process can load another model). The pipeline
         cannot edit afterwards."""
+        if self.host_spot_cache is not None:
+            self.host_spot_cache.release()
+            self.host_spot_cache = None
         if self.offload is not None:
             self.offload.close()
             self.offload = None
@@ -190,7 +194,8 @@ class SpatialEditPipeline:
                     if offload and spot.cache_device is None:
                         spot = replace(spot, cache_device=offload.spot_cache_device())
                     latents, outcome = spot_denoise(self.dit, self.vae, condition, states, mask, steps, guidance,
-                                                    generator, spot, self.device, self.dtype, progress, self.cfg_strategy)
+                                                    generator, spot, self.device, self.dtype, progress, self.cfg_strategy,
+                                                    cache=self._host_spot_cache(spot.cache_device))
                     report.extra.update(outcome.report_items())
                 else:
                     latents, outcome = self.denoise(condition, states, mask, steps, guidance, generator, progress), None
@@ -200,6 +205,18 @@ class SpatialEditPipeline:
             report.extra.update(offload.report_items())
         spot_mask = outcome.mask_image(source.size) if outcome is not None else None
         return EditResult(image=to_pil(decoded), report=report.finish(), input_image=source, spot_mask=spot_mask)
+
+    def _host_spot_cache(self, cache_device) -> Optional[SpotKVCache]:
+        """SpotEdit's caches when they live on the host, kept for the pipeline's life: their pinned arena
+        is made once, not at every edit of a batch (pinning tens of GB takes seconds); None when they
+        live on the compute device (made and given back per edit)."""
+        if cache_device is None or torch.device(cache_device).type == self.device.type:
+            return None
+        if self.host_spot_cache is None or self.host_spot_cache.device != torch.device(cache_device):
+            if self.host_spot_cache is not None:
+                self.host_spot_cache.release()
+            self.host_spot_cache = DiTSpotModel(self.dit).new_cache(cache_device)
+        return self.host_spot_cache
 
     def denoise(
         self,

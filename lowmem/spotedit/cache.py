@@ -150,11 +150,15 @@ class SpotKVCache:
             block = self.on_device[index]
         return block.permute(1, 2, 0, 3, 4)
 
-    def release(self) -> None:
-        """Give the device slots and the pinned arena back (after the edit)."""
+    def release(self, keep_host: bool = False) -> None:
+        """After an edit: give the device memory back, and the pinned arena unless `keep_host`. A kept
+        arena serves the next edit whose caches have the same shape (pinning tens of GB costs seconds)."""
+        self.on_device = [None] * self.blocks
+        self.recorded = [False] * self.blocks
+        if self.ring is not None and keep_host:
+            self.ring.free_slots()
+            return
         if self.ring is not None:
             self.ring.close()
             self.ring = None
-        self.on_device = [None] * self.blocks
-        self.recorded = [False] * self.blocks
         self.shape = self.dtype = None

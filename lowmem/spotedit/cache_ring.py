@@ -51,18 +51,29 @@ class CacheRing:
         self.block_bytes = shape[0] * self.row_bytes
         self.arena = PinnedArena([self.block_bytes] * blocks, pin=streams.pin)
         self.host = [streams.host(f"spot cache host {i}", view) for i, view in enumerate(self.arena.views)]
-        self.slots: list[Buffer] = [streams.allocate(f"spot cache slot {s}", self.block_bytes) for s in range(self.num_slots)]
-        streams.wait_stream(COPY, COMPUTE)  # the slots' memory may have been compute's a moment ago
-        streams.wait_stream(WRITEBACK, COMPUTE)
         self.version = [0] * blocks  # content of block i's cache: bumped by every compute that changes it
-        self.holder: list[Optional[int]] = [None] * self.num_slots  # block whose cache the slot holds
-        self.loaded: list[Optional[Event]] = [None] * self.num_slots  # after the slot's last load
-        self.released: list[Optional[Event]] = [None] * self.num_slots  # after compute's last use of the slot
-        self.filled: list[Optional[Event]] = [None] * self.num_slots  # after compute's last write of the slot
         self.stored: list[Optional[Event]] = [None] * blocks  # after the last writeback into host block i
+        self.slots: list[Buffer] = []
+        self.loaded: list[Optional[Event]] = []
+        self._allocate_slots()
+
+    def _ensure_slots(self) -> None:
+        if not self.slots:  # given back after the last edit
+            self._allocate_slots()
+
+    def _allocate_slots(self) -> None:
+        """Device slots for an edit (the arena outlives them: one pinned arena serves edit after edit)."""
+        n = self.num_slots
+        self.slots = [self.streams.allocate(f"spot cache slot {s}", self.block_bytes) for s in range(n)]
+        self.streams.wait_stream(COPY, COMPUTE)  # the slots' memory may have been compute's a moment ago
+        self.streams.wait_stream(WRITEBACK, COMPUTE)
+        self.holder: list[Optional[int]] = [None] * n  # block whose cache the slot holds
+        self.loaded = [None] * n  # after the slot's last load
+        self.released: list[Optional[Event]] = [None] * n  # after compute's last use of the slot
+        self.filled: list[Optional[Event]] = [None] * n  # after compute's last write of the slot
         self.open_slot: Optional[int] = None  # the slot compute is using now
         self.next_load = 0  # the next block to load in this forward
-        self.bytes_loaded = 0
+        self.bytes_loaded = 0  # this edit's copies, both ways
         self.bytes_written_back = 0
 
     @property
@@ -99,6 +110,7 @@ class CacheRing:
     # -- a forward --------------------------------------------------------------------------------
     def begin_forward(self, load: bool) -> None:
         """Start a forward; a spot step starts loading its first blocks right away."""
+        self._ensure_slots()
         self._release_open()  # an interrupted forward may have left a slot open
         self.next_load = 0
         if load:
@@ -125,6 +137,7 @@ class CacheRing:
     # -- what the hooks call ----------------------------------------------------------------------
     def acquire(self, index: int) -> torch.Tensor:
         """Spot step: block `index`'s cache in its slot, loaded, for compute to update in place."""
+        self._ensure_slots()
         self._release_open()
         if index >= self.next_load:  # the first block of a forward without begin_forward, or prefetch 0
             self.next_load = index
@@ -139,6 +152,7 @@ class CacheRing:
 
     def stage(self, index: int) -> torch.Tensor:
         """Full step: a slot for compute to write block `index`'s fresh cache into."""
+        self._ensure_slots()
         self._release_open()
         s = index % self.num_slots
         self._wait(self.loaded[s], COMPUTE)  # a load still landing in the slot (an unused prefetch)
@@ -173,14 +187,20 @@ class CacheRing:
             if event is not None:
                 self.streams.host_wait(event)
 
-    def close(self) -> None:
-        """Free the slots (after every copy that touches them) and give the pinned arena back."""
+    def free_slots(self) -> None:
+        """Give the device slots back, after every copy that touches them; the arena stays pinned."""
+        if not self.slots:
+            return
         self._release_open()
         self.streams.wait_stream(COMPUTE, COPY)
         self.streams.wait_stream(COMPUTE, WRITEBACK)
         for slot in self.slots:
             self.streams.free(slot)
         self.slots = []
+
+    def close(self) -> None:
+        """Free the slots and give the pinned arena back."""
+        self.free_slots()
         for event in self.loaded + self.stored:  # no copy may still read or write the arena
             if event is not None:
                 self.streams.host_wait(event)

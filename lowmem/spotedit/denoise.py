@@ -102,10 +102,13 @@ def spot_denoise(
     dtype: torch.dtype,
     progress: bool = True,
     cfg: Optional[BatchedGuidance] = None,
+    cache: Optional[SpotKVCache] = None,
 ) -> tuple[torch.Tensor, SpotOutcome]:
     """`SpatialEditPipeline.denoise` with SpotEdit; same noise and full steps as the plain loop. `cfg`: where
     the CFG rows run (default: both here); under CFG parallel each rank caches the K/V of its own row,
-    and the guided velocity, hence the selector's mask, is the same on every rank."""
+    and the guided velocity, hence the selector's mask, is the same on every rank. `cache`: the caller's,
+    kept from edit to edit (its device memory is given back after this one, its host arena is not);
+    None: caches made for this edit, given back whole after it."""
 
     model = dit if hasattr(dit, "partial") and hasattr(dit, "new_cache") else DiTSpotModel(dit)
     scheduler = make_scheduler(steps)
@@ -114,7 +117,7 @@ def spot_denoise(
     initial, resets = config.schedule(steps)
     selector = SpotSelector(vae, condition, config.threshold, config.dilation, dtype=dtype)
     selections = config.selection_steps(steps)
-    cache: Optional[SpotKVCache] = None
+    kept = cache is not None
     edited: Optional[Selection] = None  # the tokens of the coming steps
     timesteps = scheduler.timesteps.to(device, torch.float32)
     outcome = SpotOutcome()
@@ -156,7 +159,7 @@ def spot_denoise(
         if cache is not None:
             outcome.cache_bytes, outcome.cache_device = cache.nbytes, str(cache.device)
             outcome.cache_bytes_moved = cache.bytes_loaded + cache.bytes_written_back
-    finally:  # however the loop ends (an exception, Ctrl-C): the caches' device slots and pinned arena go back
+    finally:  # however the loop ends (an exception, Ctrl-C): the caches' device memory goes back
         if cache is not None:
-            cache.release()
+            cache.release(keep_host=kept)
     return x, outcome
