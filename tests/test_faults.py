@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import weakref
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -142,15 +143,22 @@ def test_host_placed_caches_go_back_when_the_loop_fails(tiny_pipeline, monkeypat
 
 
 class FakeCudart:
-    """Stands in for CUDA's runtime: records page-locking calls by address."""
+    """Stands in for CUDA's runtime: records page-locking calls by address; `refuse` is the error it
+    answers a registration with (0: success)."""
+
+    cudaError = SimpleNamespace(success=0)
 
     def __init__(self):
         self.registered: list[int] = []
         self.unregistered: list[int] = []
+        self.refuse = 0
 
     def cudaHostRegister(self, pointer, nbytes, flags):
         self.registered.append(pointer)
-        return 0
+        return self.refuse
+
+    def cudaGetErrorString(self, error):
+        return "out of memory" if error == 2 else f"error {error}"
 
     def cudaHostUnregister(self, pointer):
         self.unregistered.append(pointer)
@@ -183,6 +191,19 @@ def test_close_unpins_once(cudart):
     del arena
     gc.collect()
     assert cudart.unregistered == [pointer]
+
+
+def test_a_refused_page_lock_warns_and_stays_pageable(cudart, monkeypatch):
+    """A container's locked-memory limit makes cudaHostRegister fail: the run goes on, unpinned, with
+    one warning that says what to change, and CUDA's leftover error is cleared."""
+    cleared = []
+    monkeypatch.setattr(arena_module, "_forget_cuda_error", lambda: cleared.append(1))
+    cudart.refuse = 2
+    with pytest.warns(RuntimeWarning, match=r"could not page-lock .*out of memory.*ulimit -l"):
+        arena = PinnedArena([1 << 20], pin=True)
+    assert not arena.pinned and cleared == [1] and arena.views[0].numel() == 1 << 20
+    arena.close()
+    assert cudart.unregistered == []
 
 
 def test_a_closed_pipeline_lets_go_of_its_models(tiny_model, scene):

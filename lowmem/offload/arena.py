@@ -4,12 +4,14 @@ The CUDA pinned allocator rounds every request up to a power of two (an 805.6 MB
 1 GiB), and frees only when its cache is emptied. An arena is one ordinary (pageable) tensor of
 exactly `arena_bytes(sizes)` bytes that is page-locked in place with `cudaHostRegister` and
 unregistered by `close()`, so the pinned bytes are the planned bytes and they are given back.
-Without a GPU it is a plain tensor (nothing to pin). The planner counts pinned memory with
-`arena_bytes`, the streamer and the resident-weight host copy allocate it with `PinnedArena`.
+Without a GPU it is a plain tensor (nothing to pin); where CUDA refuses to pin it, a warning says so
+and it stays pageable. The planner counts pinned memory with `arena_bytes`, the streamer and the
+resident-weight host copy allocate it with `PinnedArena`.
 """
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import Iterable
 
@@ -31,6 +33,31 @@ def _unregister(flat: torch.Tensor) -> None:
     torch.cuda.check_error(torch.cuda.cudart().cudaHostUnregister(flat.data_ptr()))
 
 
+def _forget_cuda_error() -> None:
+    """Clear the error a refused cudaHostRegister leaves as CUDA's last error, which PyTorch would
+    otherwise report at its next kernel launch. PyTorch does not expose cudaGetLastError, but its
+    launch check reads (and so clears) it: launch one tiny kernel and drop what it reports."""
+    try:
+        torch.zeros(1, device="cuda")
+    except RuntimeError:
+        pass
+
+
+def _page_lock(flat: torch.Tensor) -> bool:
+    """Page-lock `flat` in place; where CUDA refuses (a container's locked-memory limit, say), say so and
+    go on with pageable memory: copies from it are correct, only not overlapped with compute."""
+    cudart = torch.cuda.cudart()
+    error = cudart.cudaHostRegister(flat.data_ptr(), flat.numel(), 0)
+    if error == cudart.cudaError.success:
+        return True
+    _forget_cuda_error()
+    warnings.warn(f"CUDA could not page-lock {flat.numel() / 2**30:.2f} GiB of host memory "
+                  f"({cudart.cudaGetErrorString(error)}); this run copies from pageable memory, so streaming does "
+                  "not overlap compute. Raise the locked-memory limit (`ulimit -l unlimited`, or a container's "
+                  "`--ulimit memlock=-1`) to stream at full speed.", RuntimeWarning, stacklevel=3)
+    return False
+
+
 class PinnedArena:
     """Buffers of `sizes` bytes (uint8 views, in order) in one allocation, page-locked when `pin`."""
 
@@ -39,8 +66,7 @@ class PinnedArena:
         self.nbytes = arena_bytes(sizes)
         self.flat = torch.empty(self.nbytes, dtype=torch.uint8)
         self._unpin: weakref.finalize | None = None
-        if pin and self.nbytes:
-            torch.cuda.check_error(torch.cuda.cudart().cudaHostRegister(self.flat.data_ptr(), self.nbytes, 0))
+        if pin and self.nbytes and _page_lock(self.flat):
             # An arena dropped without close() (an exception on the way out) is still unpinned, before
             # its memory is freed: the finaliser holds the memory until it has run. At exit the process's
             # pages go anyway, and CUDA may already be torn down.

@@ -17,8 +17,9 @@ synchronize:
     read it, and for the writeback into its host block (the host copy must be current);
   - compute waits for the load of its block, or (full step) for the slot's last copy;
   - a writeback waits for the compute that filled the slot.
-Loads run on the streamer's copy stream; writebacks on their own stream, so the two directions of
-the bus overlap. With `RecordingStreams` the log replays through `stream_check`.
+Loads and writebacks run on streams of their own (`LOAD`, `WRITEBACK`): the two directions of the bus
+overlap, and a load does not wait behind the weights the streamer prefetches. With
+`RecordingStreams` the log replays through `stream_check`.
 """
 
 from __future__ import annotations
@@ -29,9 +30,13 @@ from typing import Optional
 import torch
 
 from lowmem.offload.arena import PinnedArena
-from lowmem.offload.streams import COMPUTE, COPY, Buffer, Event, Streams
+from lowmem.offload.streams import COMPUTE, Buffer, Event, Streams
 
-WRITEBACK = "spot writeback"  # device -> host copies of the caches
+# The caches' own copy streams. A load has its own, not the weight streamer's: a block's cache is
+# needed when the block computes, and queued behind the weights prefetched `depth` blocks ahead it
+# would arrive late.
+LOAD = "spot load"  # host -> device
+WRITEBACK = "spot writeback"  # device -> host
 
 
 def _tag(index: int, version: int) -> str:
@@ -65,7 +70,7 @@ class CacheRing:
         """Device slots for an edit (the arena outlives them: one pinned arena serves edit after edit)."""
         n = self.num_slots
         self.slots = [self.streams.allocate(f"spot cache slot {s}", self.block_bytes) for s in range(n)]
-        self.streams.wait_stream(COPY, COMPUTE)  # the slots' memory may have been compute's a moment ago
+        self.streams.wait_stream(LOAD, COMPUTE)  # the slots' memory may have been compute's a moment ago
         self.streams.wait_stream(WRITEBACK, COMPUTE)
         self.holder: list[Optional[int]] = [None] * n  # block whose cache the slot holds
         self.loaded = [None] * n  # after the slot's last load
@@ -126,11 +131,11 @@ class CacheRing:
 
     def _load(self, index: int) -> None:
         s = index % self.num_slots
-        self._wait(self.released[s], COPY)  # compute is done with the previous occupant
-        self._wait(self._drained(s), COPY)  # ... and so is its writeback
-        self._wait(self.stored[index], COPY)  # the host copy of this block is current
-        self.streams.copy(self.slots[s], self.host[index], _tag(index, self.version[index]), COPY)
-        self._event(self.loaded, s, "spot slot loaded", COPY)
+        self._wait(self.released[s], LOAD)  # compute is done with the previous occupant
+        self._wait(self._drained(s), LOAD)  # ... and so is its writeback
+        self._wait(self.stored[index], LOAD)  # the host copy of this block is current
+        self.streams.copy(self.slots[s], self.host[index], _tag(index, self.version[index]), LOAD)
+        self._event(self.loaded, s, "spot slot loaded", LOAD)
         self.holder[s] = index
         self.bytes_loaded += self.block_bytes
 
@@ -192,7 +197,7 @@ class CacheRing:
         if not self.slots:
             return
         self._release_open()
-        self.streams.wait_stream(COMPUTE, COPY)
+        self.streams.wait_stream(COMPUTE, LOAD)
         self.streams.wait_stream(COMPUTE, WRITEBACK)
         for slot in self.slots:
             self.streams.free(slot)
