@@ -60,3 +60,19 @@ def model_copy(tiny_model: Path, tmp_path: Path) -> Path:
     import shutil
 
     return Path(shutil.copytree(tiny_model, tmp_path / "model"))
+
+
+@pytest.fixture
+def cache_arenas(monkeypatch) -> list:
+    """Every pinned arena SpotEdit's host cache ring makes while the test runs, in order."""
+    import lowmem.spotedit.cache_ring as cache_ring
+
+    arenas = []
+
+    class Counted(cache_ring.PinnedArena):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            arenas.append(self)
+
+    monkeypatch.setattr(cache_ring, "PinnedArena", Counted)
+    return arenas

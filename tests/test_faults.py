@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import lowmem.offload.arena as arena_module
-import lowmem.spotedit.cache_ring as cache_ring_module
 from lowmem.offload.arena import PinnedArena
 from lowmem.offload.streams import RecordingStreams
 from lowmem.pipeline import SpatialEditPipeline
@@ -113,15 +112,8 @@ class HostCached(DiTSpotModel):
 
 
 @pytest.mark.parametrize("error", [Failure("selector"), KeyboardInterrupt()], ids=["exception", "Ctrl-C"])
-def test_host_placed_caches_go_back_when_the_loop_fails(tiny_pipeline, monkeypatch, error):
-    arenas: list[PinnedArena] = []
-
-    class Counted(PinnedArena):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            arenas.append(self)
-
-    monkeypatch.setattr(cache_ring_module, "PinnedArena", Counted)
+def test_host_placed_caches_go_back_when_the_loop_fails(tiny_pipeline, monkeypatch, cache_arenas, error):
+    arenas = cache_arenas
     fail = raise_on_call(1, error)
     real = SpotSelector.select
     fail.real = lambda *args, **kwargs: real(*args, **kwargs)

@@ -139,19 +139,10 @@ def test_streamed_conditioner_plan(tiny_model, decoded, monkeypatch):
     assert "vlm bytes streamed" in result.report.extra
 
 
-def test_host_caches_are_pinned_once_per_pipeline(tiny_model, decoded, monkeypatch):
+def test_host_caches_are_pinned_once_per_pipeline(tiny_model, decoded, cache_arenas):
     """SpotEdit's caches on the host (here asked for; the planner picks it when the card is short):
     two edits of one pipeline make one arena, and closing the pipeline gives it back."""
-    import lowmem.spotedit.cache_ring as cache_ring
-
-    arenas = []
-
-    class Counted(cache_ring.PinnedArena):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            arenas.append(self)
-
-    monkeypatch.setattr(cache_ring, "PinnedArena", Counted)
+    arenas = cache_arenas
     pipe = SpatialEditPipeline.from_folder(tiny_model, device="meta", dtype=torch.bfloat16, resolution=SIZE, spot=True,
                                            memory_budget="2GB", max_resident_blocks=1)
     run_qwen3vl_text_path(pipe)

@@ -188,19 +188,10 @@ def test_an_interrupted_spot_step_leaves_the_ring_usable(dit, device_placed):
     assert_ordered(streams.log)
 
 
-def test_a_kept_host_arena_serves_edit_after_edit(dit, device_placed, monkeypatch):
+def test_a_kept_host_arena_serves_edit_after_edit(dit, device_placed, cache_arenas):
     """A pipeline pins its host caches' arena once: after each edit only the device slots go back,
     and the next edit reuses the arena with the same numbers and an ordered log."""
-    import lowmem.spotedit.cache_ring as cache_ring
-
-    arenas = []
-
-    class Counted(cache_ring.PinnedArena):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            arenas.append(self)
-
-    monkeypatch.setattr(cache_ring, "PinnedArena", Counted)
+    arenas = cache_arenas
     streams = RecordingStreams()
     cache = SpotKVCache(BLOCKS, placement="host", slots=2, prefetch=1, streams=streams)
     outs = run_edits(DiTSpotModel(dit), cache, keep_host=True)
