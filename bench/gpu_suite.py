@@ -41,8 +41,17 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 from PIL import Image
-from random_models import FULL, TINY, Sizes, block_filler, fill_dit_outside_blocks, random_conditioner, random_dit
-from random_models import random_vae, tiny_qwen3vl_folder
+from random_models import (
+    FULL,
+    TINY,
+    Sizes,
+    block_filler,
+    fill_dit_outside_blocks,
+    random_conditioner,
+    random_dit,
+    random_vae,
+    tiny_qwen3vl_folder,
+)
 
 from lowmem import instructions
 from lowmem.offload import BudgetError, OffloadRuntime, format_bytes
@@ -52,6 +61,7 @@ from lowmem.planning import load_preset, time_model
 from lowmem.planning.preflight import DTYPE_PRECISION
 from lowmem.planning.presets import Preset
 from lowmem.spotedit import SpotConfig
+from quantize.schemes import SCHEMES
 
 PRESET = "rtx4090-24gb"
 PHASES = ("encode prompt", "encode image", "denoise", "decode")
@@ -181,7 +191,7 @@ def measure(case: Case, setup: Setup, row: dict) -> None:
     vae = random_vae(setup.sizes, device)
     budget, preset, most_resident = planning_budget(case, setup)
     # What the weights really are, as the loader tells the planner: unquantized ones in the compute dtype.
-    precision = case.precision if case.precision in ("int8", "nf4") else DTYPE_PRECISION[dtype]
+    precision = case.precision if case.precision in SCHEMES else DTYPE_PRECISION[dtype]
     plan = plan_models(dit, vae, conditioner, device, budget, preset, setup.resolution, precision, case.spot,
                        most_resident, GUIDANCE)
     row.update(plan=plan.summary(), resident_blocks=len(plan.dit.resident_blocks), blocks=plan.dit.num_blocks,

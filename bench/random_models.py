@@ -25,8 +25,8 @@ from lowmem.models.vae import FULL_VAE_CONFIG, TINY_VAE_CONFIG, WanVAE
 from lowmem.planning.phase_peaks import qwen3_vl_8b_config
 from lowmem.tiny.qwen3vl import write_tiny_qwen3vl
 from quantize.linear import QuantizedLinear
-from quantize.plan import default_skip, quantizable_linears, swap_linears
-from quantize.schemes import check_scheme, quantize_linear_weight
+from quantize.plan import swap_default_linears
+from quantize.schemes import SCHEMES, quantize_linear_weight
 
 TOKEN_IDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
 
@@ -78,10 +78,8 @@ def fill_random(module: nn.Module, seed: int, device: torch.device, dtype: torch
 
 def quantize_in_place(model: nn.Module, component: str, precision: str) -> None:
     """Swap the Linears the real loader quantizes (its default skip list) for empty QuantizedLinears."""
-    if precision in ("int8", "nf4"):
-        backend = check_scheme(precision)
-        swap_linears(model, quantizable_linears(model, component, default_skip(component), precision, backend),
-                     precision, backend)
+    if precision in SCHEMES:
+        swap_default_linears(model, component, precision)
 
 
 def random_dit(config: DiTConfig, precision: str, dtype: torch.dtype) -> SpatialEditDiT:

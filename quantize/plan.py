@@ -14,7 +14,7 @@ from typing import Iterable, Optional
 
 from torch import nn
 
-from quantize.schemes import supports
+from quantize.schemes import check_scheme, supports
 
 DIT_DEFAULT_SKIP = ("img_in*", "condition_embedder.*", "*norm*", "*_mod.*", "*modulate_table*", "proj_out*")
 VLM_DEFAULT_SKIP = ("model.visual.*", "*embed_tokens*", "lm_head*", "*norm*")
@@ -52,6 +52,14 @@ def quantizable_linears(model: nn.Module, component: str, skip: Iterable[str], s
             continue
         names.append(name)
     return names
+
+
+def swap_default_linears(model: nn.Module, component: str, scheme: str, backend: Optional[str] = None) -> None:
+    """Swap the Linears `lowmem quantize` quantizes by default (the component's skip list; the
+    scheme's default backend unless given) for empty QuantizedLinears on meta: a model built as a
+    quantized folder stores it, for sizing, tracing or filling."""
+    backend = check_scheme(scheme, backend)
+    swap_linears(model, quantizable_linears(model, component, default_skip(component), scheme, backend), scheme, backend)
 
 
 def unit_of(name: str, component: str) -> str:

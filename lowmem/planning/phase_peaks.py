@@ -75,10 +75,9 @@ def traced_dit(config: DiTConfig, precision: str, dtype: torch.dtype, depth: int
     """The DiT at `depth` blocks on meta, full width, its Linears stored as `precision` stores them."""
     model = build_dit(replace(config, mm_double_blocks_depth=depth), device=META, dtype=dtype)
     if precision in ("int8", "nf4"):
-        from quantize import DEFAULT_BACKEND, DIT_DEFAULT_SKIP, quantizable_linears, swap_linears
+        from quantize.plan import swap_default_linears
 
-        backend = DEFAULT_BACKEND[precision]
-        swap_linears(model, quantizable_linears(model, "dit", DIT_DEFAULT_SKIP, precision, backend), precision, backend)
+        swap_default_linears(model, "dit", precision)
     return model
 
 

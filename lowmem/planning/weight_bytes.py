@@ -31,11 +31,9 @@ def is_quantized(module: nn.Module) -> bool:
 
 
 def _quantize_on_meta(model: nn.Module, component: str, precision: str) -> nn.Module:
-    from quantize import DEFAULT_BACKEND, DIT_DEFAULT_SKIP, VLM_DEFAULT_SKIP, quantizable_linears, swap_linears
+    from quantize.plan import swap_default_linears
 
-    backend = DEFAULT_BACKEND[precision]
-    skip = DIT_DEFAULT_SKIP if component == "dit" else VLM_DEFAULT_SKIP
-    swap_linears(model, quantizable_linears(model, component, skip, precision, backend), precision, backend)
+    swap_default_linears(model, component, precision)
     return model
 
 
