@@ -30,7 +30,7 @@ from lowmem.models.vae import WanVAE
 from lowmem.spotedit.attention import fusion_alpha
 from lowmem.spotedit.cache import SpotKVCache
 from lowmem.spotedit.config import SpotConfig
-from lowmem.spotedit.model import DiTSpotModel
+from lowmem.spotedit.model import DiTSpotModel, token_indices
 from lowmem.spotedit.replace import replace_tokens
 from lowmem.spotedit.selector import SpotSelector, tokens_to_latent
 
@@ -84,8 +84,9 @@ class Selection:
     @classmethod
     def of(cls, mask: torch.Tensor, device: torch.device) -> "Selection":
         flat = mask.flatten()
-        return cls(mask, bool(flat.all()), int(flat.sum()) / flat.numel(), flat.nonzero().squeeze(1).to(device),
-                   (~flat).nonzero().squeeze(1).to(device), tokens_to_latent(~mask).to(device))
+        active, reused = token_indices(flat.nonzero().squeeze(1), flat.numel(), device)
+        return cls(mask, bool(flat.all()), int(flat.sum()) / flat.numel(), active, reused,
+                   tokens_to_latent(~mask).to(device))
 
 
 def spot_denoise(
