@@ -5,6 +5,12 @@ State = registered buffers `qweight`, `scale` (and `shift` for quanto 4-bit, `sc
 backend's functional API into the activation dtype and runs F.linear; nothing derived from the
 weights is cached, so a streamer may re-point `module._buffers[name]` / `param.data` to views of
 a device buffer between calls.
+
+`compute` picks the GEMM (`quantize.compute`): "bf16" dequantizes as above; "int8" / "fp8" multiply
+in W8A8, reading the stored codes directly when the scheme is the mode's own (int8 -> int8, fp8 ->
+fp8: no second copy of the weight) and re-quantizing the dequantized weight per call otherwise.
+`W8A8Linear` is the same for a Linear stored dense (an original folder): its weight is quantized
+per output channel at each call.
 """
 
 from __future__ import annotations
@@ -15,10 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantize.schemes import check_scheme, dequantize, packed_layout, quantize_linear_weight
+from quantize.compute import check_mode, quantize_rows, w8a8_linear
+from quantize.schemes import check_scheme, dequantize, packed_layout, quantize_linear_weight, row_step
 
 
 class QuantizedLinear(nn.Module):
+    compute = "bf16"  # the GEMM's mode (quantize.compute.COMPUTE_MODES); set per module by use_compute
+
     def __init__(
         self,
         in_features: int,
@@ -62,11 +71,40 @@ class QuantizedLinear(nn.Module):
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize(self.quantized_tensors(), (self.out_features, self.in_features), self.scheme, self.backend, dtype)
 
+    def weight_codes(self, mode: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes (out, in), float32 step per output row) of the weight in W8A8 `mode`: the stored codes
+        when the scheme is the mode's own, else the weight dequantized to `dtype` and quantized again."""
+        if self.scheme == mode:
+            return self._buffers["qweight"], row_step(self.quantized_tensors(), self.scheme, self.backend)
+        return quantize_rows(self.dequantized_weight(dtype), mode)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compute != "bf16":
+            codes, step = self.weight_codes(self.compute, x.dtype)
+            return w8a8_linear(x, codes, step, self.bias, self.compute)
         weight = self.dequantized_weight(x.dtype)
         bias = self.bias.to(x.dtype) if self.bias is not None else None
         return F.linear(x, weight, bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, scheme={self.scheme}, backend={self.backend}")
+                f"bias={self.bias is not None}, scheme={self.scheme}, backend={self.backend}, compute={self.compute}")
+
+
+class W8A8Linear(nn.Linear):
+    """An nn.Linear with the same parameters (and state dict) whose GEMM runs in `compute` mode, its
+    dense weight quantized per output channel at each call (there are no stored codes to read)."""
+
+    def __init__(self, linear: nn.Linear, compute: str):
+        super().__init__(linear.in_features, linear.out_features, linear.bias is not None, device="meta")
+        self.weight, self.bias = linear.weight, linear.bias
+        self.compute = check_mode(compute)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compute == "bf16":
+            return super().forward(x)
+        codes, step = quantize_rows(self.weight, self.compute)
+        return w8a8_linear(x, codes, step, self.bias, self.compute)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, compute={self.compute}"

@@ -62,6 +62,29 @@ def swap_default_linears(model: nn.Module, component: str, scheme: str, backend:
     swap_linears(model, quantizable_linears(model, component, default_skip(component), scheme, backend), scheme, backend)
 
 
+def use_compute(model: nn.Module, mode: str, component: str = "dit") -> int:
+    """Run the large Linears' GEMMs of `model` in compute `mode` (bf16 | fp8 | int8): every
+    QuantizedLinear, and the Linears `lowmem quantize` quantizes by default where they are stored
+    dense (replaced by W8A8Linears holding the same parameters). Returns how many Linears it set."""
+    from quantize.compute import check_mode
+    from quantize.linear import QuantizedLinear, W8A8Linear
+
+    check_mode(mode)
+    dense = set(quantizable_linears(model, component, default_skip(component), "int8", "bnb"))
+    count = 0
+    for name, module in list(model.named_modules()):
+        if isinstance(module, (QuantizedLinear, W8A8Linear)):
+            module.compute = mode
+        elif name in dense:
+            if mode != "bf16":
+                parent_name, _, leaf = name.rpartition(".")
+                setattr(model.get_submodule(parent_name) if parent_name else model, leaf, W8A8Linear(module, mode))
+        else:
+            continue
+        count += 1
+    return count
+
+
 def unit_of(name: str, component: str) -> str:
     """The output file stem a tensor belongs to: block_007 / layer_012, or rest."""
     match = _UNIT[component].match(name)

@@ -4,6 +4,7 @@ A quantized weight is a small dict of plain tensors (no tensor subclasses), so i
 through safetensors and a streamer can re-point it to views of a device buffer:
 
     int8  per-output-channel absmax int8      qweight int8 (out, in)     scale float32 per row
+    fp8   per-output-channel absmax e4m3      qweight float8_e4m3fn      scale float32 per row (absmax/448)
     nf4   4-bit, blocks/groups of 64 weights  qweight uint8 (packed)     scale (+ shift) per group
 
 nf4/bnb double-quantizes its scales by default (bitsandbytes' compress_statistics): the float32
@@ -11,7 +12,8 @@ absmax of each block of 64 is stored as an 8-bit code (bnb's dynamic map) around
 one float32 absmax per 256 of them: 0.516 bytes per weight instead of 0.5625, at the same error.
 
 Backends: "bnb" (bitsandbytes.functional: int8_vectorwise_quant / quantize_4bit with the NF4 code)
-and "quanto" (optimum-quanto: qint8 per-axis absmax / qint4 affine groups of 64). quanto has no NF4
+and "quanto" (optimum-quanto: qint8 / qfloat8_e4m3fn per-axis absmax, qint4 affine groups of 64).
+fp8 is quanto's only (bitsandbytes has no fp8 weights). quanto has no NF4
 code book: its "nf4" is 4-bit affine (scale + zero shift per 64 weights), the same bits per weight.
 Dequantization returns the dense weight in the requested dtype in one pass (bnb's 4-bit kernel, or
 torch ops that equal the libraries' arithmetic; quanto's extension kernels are never used, since
@@ -28,8 +30,11 @@ import torch
 
 from lowmem.errors import LowmemError
 
-SCHEMES = ("int8", "nf4")
+SCHEMES = ("int8", "fp8", "nf4")
 BACKENDS = ("bnb", "quanto")
+SCHEME_BACKENDS = {"int8": ("bnb", "quanto"), "fp8": ("quanto",), "nf4": ("bnb", "quanto")}
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8_DTYPE).max  # 448: e4m3's largest finite value
 GROUP_SIZE = 64  # nf4 block size (bnb) / int4 group size (quanto)
 SCALE_GROUP_SIZE = 256  # double quantization: one float32 absmax per 256 block scales (bnb's choice)
 
@@ -41,8 +46,8 @@ SCALE_GROUP_SIZE = 256  # double quantization: one float32 absmax per 256 block 
 # unpack in torch ops). CUDA row: not measured yet (no GPU lent); run
 # `python bench/quant.py --kernels-only --device cuda`, which checks this table.
 DEFAULT_BACKEND_BY_DEVICE = {
-    "cpu": {"int8": "bnb", "nf4": "bnb"},
-    "cuda": {"int8": "bnb", "nf4": "bnb"},
+    "cpu": {"int8": "bnb", "fp8": "quanto", "nf4": "bnb"},
+    "cuda": {"int8": "bnb", "fp8": "quanto", "nf4": "bnb"},
 }
 DEFAULT_BACKEND = DEFAULT_BACKEND_BY_DEVICE["cuda"]  # what `lowmem quantize` writes: the product runs on CUDA
 
@@ -54,6 +59,9 @@ def check_scheme(scheme: str, backend: str | None = None) -> str:
     backend = backend or DEFAULT_BACKEND[scheme]
     if backend not in BACKENDS:
         raise LowmemError(f"unsupported quantization backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend not in SCHEME_BACKENDS[scheme]:
+        raise LowmemError(f"{scheme} weights are stored by the {' or '.join(SCHEME_BACKENDS[scheme])} backend, "
+                          f"not {backend}; leave --backend out")
     return backend
 
 
@@ -85,6 +93,8 @@ def packed_layout(shape: tuple[int, int], scheme: str, backend: str,
     if scheme == "int8":
         scale_shape = (out_f,) if backend == "bnb" else (out_f, 1)
         return {"qweight": ((out_f, in_f), torch.int8), "scale": (scale_shape, torch.float32)}
+    if scheme == "fp8":
+        return {"qweight": ((out_f, in_f), FP8_DTYPE), "scale": ((out_f, 1), torch.float32)}
     groups = math.ceil(n / GROUP_SIZE)
     if backend == "bnb":
         if not double_quantized(scheme, backend, double_quant):
@@ -134,13 +144,14 @@ def quantize_linear_weight(weight: torch.Tensor, scheme: str, backend: str | Non
         return {"qweight": q.contiguous(), "scale": state.absmax.contiguous(),
                 "scale_absmax": state.state2.absmax.float().contiguous(),
                 "scale_offset": state.offset.float().reshape(1)}
-    from optimum.quanto import AbsmaxOptimizer, MaxOptimizer, qint4, qint8
+    from optimum.quanto import AbsmaxOptimizer, MaxOptimizer, qfloat8_e4m3fn, qint4, qint8
     from optimum.quanto.tensor.weights import quantize_weight
 
-    if scheme == "int8":
+    if scheme in ("int8", "fp8"):  # per output row: absmax / 127 (int8) or / 448 (e4m3)
+        qtype = qint8 if scheme == "int8" else qfloat8_e4m3fn
         wf = w.float()
-        scale = AbsmaxOptimizer()(wf, qtype=qint8, axis=0)
-        q = quantize_weight(wf, qtype=qint8, axis=0, scale=scale, optimized=False)
+        scale = AbsmaxOptimizer()(wf, qtype=qtype, axis=0)
+        q = quantize_weight(wf, qtype=qtype, axis=0, scale=scale, optimized=False)
         return {"qweight": q._data.contiguous(), "scale": q._scale.float().contiguous()}
     wb = w.to(torch.bfloat16)
     scale, shift = MaxOptimizer()(wb, qtype=qint4, axis=0, group_size=GROUP_SIZE)
@@ -177,15 +188,25 @@ def _row_chunks(rows: int, row_elements: int):
         yield start, min(start + step, rows)
 
 
-def _int8_rows(q: torch.Tensor, row_scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """q (out, in) int8 times a float32 scale per row, written once into a (out, in) `dtype` tensor:
+def _scaled_rows(q: torch.Tensor, row_scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """q (out, in) int8 or fp8 codes times a float32 scale per row, written once into a (out, in) `dtype` tensor:
     the product is formed in float32 inside the kernel and rounded once to `dtype`, as the library
     computes it, without its float32 copy of the whole weight."""
     out = torch.empty(q.shape, dtype=dtype, device=q.device)
     row_scale = row_scale.reshape(-1, 1)
     for start, stop in _row_chunks(q.shape[0], q.shape[1]):
-        torch.mul(q[start:stop], row_scale[start:stop], out=out[start:stop])
+        codes = q[start:stop]
+        if codes.dtype == FP8_DTYPE:  # torch has no mixed fp8 x float32 multiply: widen one chunk
+            codes = codes.float()
+        torch.mul(codes, row_scale[start:stop], out=out[start:stop])
     return out
+
+
+def row_step(tensors: dict[str, torch.Tensor], scheme: str, backend: str) -> torch.Tensor:
+    """The float32 value of code 1 in each output row of an int8 or fp8 weight, shape (out,): what a
+    W8A8 GEMM multiplies its output columns by, and what dequantization multiplies each row by."""
+    scale = tensors["scale"].reshape(-1)
+    return scale * INT8_STEP if scheme == "int8" and backend == "bnb" else scale
 
 
 def _int4_affine_groups(packed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, shape: tuple[int, int],
@@ -220,9 +241,8 @@ def dequantize(
     CPU or for 4-bit codes, scratch of at most `CHUNK_ELEMENTS` elements). Equal to the backend
     library's own dequantization (bnb int8 to one float32 rounding; the others bit for bit)."""
     q = tensors["qweight"]
-    if scheme == "int8":
-        scale = tensors["scale"] * INT8_STEP if backend == "bnb" else tensors["scale"]
-        return _int8_rows(q, scale, dtype)
+    if scheme in ("int8", "fp8"):
+        return _scaled_rows(q, row_step(tensors, scheme, backend), dtype)
     if backend == "bnb":
         import bitsandbytes.functional as bnbf
 
