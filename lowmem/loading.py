@@ -32,8 +32,8 @@ from lowmem.models.weight_sources import ComponentSource, check_complete, dit_so
 from quantize.convert import quantize_tensors
 from quantize.linear import QuantizedLinear
 from quantize.manifest import read_manifest, verify_file
-from quantize.plan import default_skip, quantizable_linears, swap_linears
-from quantize.schemes import check_scheme
+from quantize.plan import default_skip, quantizable_linears, swap_linears, use_compute
+from quantize.schemes import SCHEMES, check_scheme
 
 
 def assign_tensor(model: nn.Module, key: str, tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> None:
@@ -88,7 +88,7 @@ def _quantized_modules(tensors: dict) -> dict[tuple[str, str, bool], list[str]]:
     existed have no `double_quant` entries and single-level scales."""
     groups: dict[tuple[str, str, bool], list[str]] = {}
     for name, entry in tensors.items():
-        if entry.get("scheme") in ("int8", "nf4"):
+        if entry.get("scheme") in SCHEMES:
             key = (entry["scheme"], entry["backend"], bool(entry.get("double_quant", False)))
             groups.setdefault(key, []).append(name.rpartition(".")[0])
     return groups
@@ -218,17 +218,21 @@ def load_conditioner(folder: ModelFolder, device: torch.device, dtype: torch.dty
 class ModelLoader:
     """One model folder's components on `device`, each loaded once, in the order its caller needs:
     a `lowmem quantize` folder's quantized weights, an original folder's weights as stored, or
-    quantized in memory as they load when `quantization` ("int8" | "nf4") is given.
+    quantized in memory as they load when `quantization` ("int8" | "fp8" | "nf4") is given. The DiT's
+    large Linears multiply in `compute` mode (bf16 | fp8 | int8, `quantize.compute`; a mode the
+    caller resolved from "auto").
 
     The DiT is built on construction (meta device, quantized Linears swapped in) with no weight read:
     `fill(select)` reads the selected tensors, `resident_dit()` all of them. `conditioner()` and
     `vae()` load those components whole."""
 
     def __init__(self, folder: ModelFolder, device: torch.device | str, dtype: torch.dtype,
-                 quantization: Optional[str] = None):
+                 quantization: Optional[str] = None, compute: str = "bf16"):
         check_requested_scheme(folder, quantization)
         self.folder, self.device, self.dtype, self.quantization = folder, torch.device(device), dtype, quantization
         self.dit, self.fill = dit_parts(folder, self.device, dtype, quantization)
+        self.compute = compute
+        use_compute(self.dit, compute)  # before any weight is read: a dense Linear becomes a W8A8Linear on meta
 
     def resident_dit(self) -> SpatialEditDiT:
         """The DiT with every weight read: a run without a plan keeps it all on the device."""

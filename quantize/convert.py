@@ -36,7 +36,7 @@ from lowmem.errors import CorruptCheckpointError, LowmemError
 from lowmem.models.layout import open_model_folder
 from lowmem.models.vae import load_folder_vae
 from lowmem.models.weight_sources import ComponentSource, check_complete, check_shards, dit_source, meta_dit, meta_vlm, read_tensor, vlm_source
-from quantize.manifest import FORMAT_VERSION, MANIFEST, format_error_table, sha256_file, verify_file, write_json_atomic
+from quantize.manifest import MANIFEST, format_version, format_error_table, sha256_file, verify_file, write_json_atomic
 from quantize.plan import COMPONENTS, default_skip, quantizable_linears, unit_of
 from quantize.schemes import GROUP_SIZE, check_scheme, double_quantized, dequantize, quantize_linear_weight, weight_error
 
@@ -220,7 +220,7 @@ def _convert_locked(folder, out: Path, scheme: str, backend: str, components: tu
         (partial / "transformer" / "config.json").write_text(dit_config.to_json())
 
     manifest = {
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version(scheme),
         "scheme": scheme,
         "backend": backend,
         "group_size": GROUP_SIZE,

@@ -12,9 +12,15 @@ from lowmem.errors import CorruptCheckpointError, ManifestVersionError, ModelFol
 
 # 2: nf4/bnb scales may be double-quantized (per-tensor `double_quant`); version 1 folders, whose
 # scales are all single-level, load unchanged. An older lowmem refuses a version 2 folder cleanly
-# instead of failing on the new scale tensors.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# instead of failing on the new scale tensors. 3: the fp8 scheme (F8_E4M3 codes); only fp8 folders
+# are written as version 3, so an int8 or nf4 folder still loads in a lowmem that predates fp8.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+
+
+def format_version(scheme: str) -> int:
+    """The oldest format version that can hold a folder of `scheme`: what `convert` writes."""
+    return 3 if scheme == "fp8" else 2
 MANIFEST = "manifest.json"
 
 
@@ -93,7 +99,7 @@ def error_rows(manifest: dict) -> list[tuple[str, str, float, float]]:
     for component in ("dit", "vlm"):
         part = manifest.get(component) or {}
         for name, entry in (part.get("tensors") or {}).items():
-            if entry.get("scheme") in ("int8", "nf4"):
+            if entry.get("scheme") not in (None, "none"):
                 rows.append((component, name, entry["rel_error"], entry["sqnr_db"]))
     return rows
 

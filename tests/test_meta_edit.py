@@ -120,6 +120,17 @@ def test_quantized_plan(tiny_model, decoded, scheme):
     assert quantized and pipe.offload.dit.stats()["streamed_blocks"] == 1
 
 
+@pytest.mark.parametrize("scheme", [None, "int8", "fp8", "nf4"])
+@pytest.mark.parametrize("compute", ["int8", "fp8"])
+def test_w8a8_compute_plan(tiny_model, decoded, scheme, compute):
+    """Every W8A8 mode over every way the weights are held (dense, each stored scheme), streamed and resident."""
+    pipe, result = meta_edit(tiny_model, decoded, memory_budget="2GB", max_resident_blocks=1, quantization=scheme,
+                             compute=compute)
+    linears = [m for m in pipe.dit.double_blocks[0].modules() if hasattr(m, "compute")]
+    assert linears and {m.compute for m in linears} == {compute}
+    assert result.report.compute == compute and pipe.offload.dit.stats()["streamed_blocks"] == 1
+
+
 def test_streamed_conditioner_plan(tiny_model, decoded, monkeypatch):
     """The planner never streams the tiny conditioner (0.6 MB), so its real plan is taken and the
     conditioner's placement switched to "streamed": its decoder layers go through device slots."""

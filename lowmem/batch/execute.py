@@ -10,7 +10,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from PIL import Image
@@ -30,13 +30,14 @@ class BatchSettings:
     preset: Optional[str] = None
     quantization: Optional[str] = None
     resolution: int = 1024
-    spot: bool = False
+    spot: Union[bool, str] = False  # or "auto": decided when the pipeline is loaded (`pipe.spot`)
+    compute: str = "auto"
     guidance: float = 5.0  # the largest guidance of the jobs: planned for the CFG batch when any job needs it
 
     def fingerprint_context(self) -> dict:
         """The settings that change an output image (the budget and preset only move weights)."""
         return {"model": str(self.model.resolve()), "quantization": self.quantization, "resolution": self.resolution,
-                "spot": self.spot, "device": self.device or default_device().type}
+                "spot": self.spot, "compute": self.compute, "device": self.device or default_device().type}
 
 
 @dataclass
@@ -56,7 +57,7 @@ def load_pipeline(settings: BatchSettings) -> SpatialEditPipeline:
         budget = "auto"
     return SpatialEditPipeline.from_folder(settings.model, device=device, memory_budget=budget, preset=settings.preset,
                                            resolution=settings.resolution, quantization=settings.quantization,
-                                           spot=settings.spot, guidance=settings.guidance)
+                                           spot=settings.spot, compute=settings.compute, guidance=settings.guidance)
 
 
 def worker_name() -> str:
@@ -69,7 +70,7 @@ def execute(pipe: SpatialEditPipeline, job: Job, settings: BatchSettings) -> Job
     spec = job.spec
     try:
         result = pipe.edit(job.image, spec.instruction, steps=spec.steps, guidance=spec.guidance, seed=spec.seed,
-                           resolution=settings.resolution, progress=False, spot=spec.spot_config(settings.spot))
+                           resolution=settings.resolution, progress=False, spot=spec.spot_config(pipe.spot))
     except LowmemError as exc:
         return JobOutcome(None, time.perf_counter() - start, str(exc), worker=worker_name())
     except Exception as exc:  # noqa: BLE001 - one broken job (out of memory, a bug) must not stop thousands of others

@@ -6,7 +6,8 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from lowmem.edits import add_edit_arguments
+from lowmem.cli.quantize import SCHEME_CHOICES
+from lowmem.edits import COMPUTE_CHOICES, COMPUTE_HELP, add_edit_arguments, spot_request
 from lowmem.errors import OutputPathError
 
 HELP = "run many edits from a JSON-lines jobs file (resumable; in this process or with --engine ray)"
@@ -20,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="compute device (default: cuda when available, else cpu)")
     parser.add_argument("--budget", help="memory budget of each worker's device, e.g. 24GB or 'auto' (default on a GPU: auto)")
     parser.add_argument("--preset", help="hardware preset from offload_plans/ (e.g. rtx4090-24gb)")
-    parser.add_argument("--quantization", choices=("int8", "nf4"), help="quantize an original model folder while loading")
+    parser.add_argument("--quantization", choices=SCHEME_CHOICES, help="quantize an original model folder while loading")
+    parser.add_argument("--compute", choices=COMPUTE_CHOICES, default="auto", help=COMPUTE_HELP)
     parser.add_argument("--engine", choices=("local", "ray"), default="local",
                         help="local: one pipeline in this process (default); ray: one worker per GPU of a Ray cluster "
                              "(pip install 'lowmem[ray]')")
@@ -41,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from lowmem.batch import BatchDriver, BatchSettings, Job, read_jobs  # not at the top: it imports torch
 
     settings = BatchSettings(model=args.model.resolve(), device=args.device, budget=args.budget, preset=args.preset,
-                             quantization=args.quantization, resolution=args.resolution, spot=bool(args.spot))
+                             quantization=args.quantization, resolution=args.resolution, spot=spot_request(args.spot),
+                             compute=args.compute)
     jobs = read_jobs(args.jobs, args, settings.fingerprint_context())
     guidances = [job.spec.guidance for job in jobs if isinstance(job, Job)]
     settings = replace(settings, guidance=max(guidances, default=args.guidance))

@@ -17,7 +17,7 @@ from PIL import Image
 
 from lowmem import instructions
 from lowmem.common.paths import check_output_path, check_writable_folder, same_file
-from lowmem.edits import add_edit_arguments, edit_spec, instruction_from_args
+from lowmem.edits import COMPUTE_CHOICES, COMPUTE_HELP, add_edit_arguments, edit_spec, instruction_from_args, spot_request
 from lowmem.errors import OutputPathError
 from lowmem.instructions import EditInstruction
 from lowmem.tiny.scenes import HELD_OUT_SEEDS, OBJECT_NAME, EditPair, render_pair
@@ -40,11 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("lowmem-demo"),
                         help=f"where results go: {', '.join(OUTPUT_NAMES)} (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace those files when --out-dir already has them")
-    parser.add_argument("--quantization", choices=("nf4", "int8", "none"), default="nf4", help="quantize first (default: %(default)s)")
+    parser.add_argument("--quantization", choices=("nf4", "int8", "fp8", "none"), default="nf4", help="quantize first (default: %(default)s)")
+    parser.add_argument("--compute", choices=COMPUTE_CHOICES, default="auto", help=COMPUTE_HELP)
     parser.add_argument("--budget", help="memory budget to plan for (default: 256MB on the CPU, 2GB on a GPU: the tiny model's)")
     add_edit_arguments(parser)
     # Sampled as the tiny model was trained: guidance 1 (its unconditional branch saw 10% of the rows).
-    parser.set_defaults(steps=16, guidance=1.0, resolution=TINY_RESOLUTION, object=OBJECT_NAME, spot=True,
+    parser.set_defaults(steps=16, guidance=1.0, resolution=TINY_RESOLUTION, object=OBJECT_NAME, spot="on",
                         spot_dilation=TINY_SPOT_DILATION)
 
 
@@ -115,11 +116,12 @@ def run(args: argparse.Namespace) -> int:
         half = read_dit_config(open_model_folder(model)).mm_double_blocks_depth // 2
         budget = args.budget or tiny_model_budget(default_device())
         pipe = SpatialEditPipeline.from_folder(model, memory_budget=budget, resolution=args.resolution,
-                                               spot=bool(args.spot), max_resident_blocks=half, guidance=args.guidance)
+                                               spot=spot_request(args.spot), max_resident_blocks=half,
+                                               guidance=args.guidance, compute=args.compute)
         print(f"\n== plan\n{pipe.offload.plan.format_table()}")
         print(f"\n== edit: {spec.instruction.text}")
         result = pipe.edit(image, spec.instruction, steps=spec.steps, guidance=spec.guidance, seed=spec.seed,
-                           resolution=args.resolution, spot=spec.spot_config(args.spot))
+                           resolution=args.resolution, spot=spec.spot_config(pipe.spot))
     mask = result.spot_mask or Image.new("L", result.image.size, 255)
     outputs = {
         "input.png": result.input_image,

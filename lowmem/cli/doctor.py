@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from lowmem.common.machine import MachineInfo
 
 HELP = "show this machine (GPU, memory, disk, libraries) and which plan for SpatialEdit-16B fits here"
-PRECISIONS = ("bf16", "int8", "nf4")
+PRECISIONS = ("bf16", "int8", "fp8", "nf4")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("GPU        none found: the CPU is the compute device and disk the storage tier (slow, but the same code path)")
     print(f"host RAM   {format_bytes(machine.host_ram_bytes)} total, {format_bytes(machine.host_available_bytes)} available")
-    print(f"disk free  {format_bytes(machine.disk_free_bytes)} (a quantized model folder needs about 17 GB in nf4, 27 GB in int8)")
+    print(f"disk free  {format_bytes(machine.disk_free_bytes)} (a quantized model folder needs about 17 GB in nf4, 27 GB in int8 or fp8)")
     print("libraries  " + ", ".join(f"{k} {v}" for k, v in machine.versions.items()))
     rows = fitting_plans(machine, args.resolution)
     print(f"\nSpatialEdit-16B at {args.resolution}x{args.resolution} on this machine:")

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from lowmem.common.paths import check_distinct, check_output_path
-from lowmem.edits import add_edit_arguments, edit_spec
+from lowmem.cli.quantize import SCHEME_CHOICES
+from lowmem.edits import COMPUTE_CHOICES, COMPUTE_HELP, add_edit_arguments, edit_spec, spot_request
 from lowmem.errors import OutputPathError
 
 if TYPE_CHECKING:
@@ -33,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", help="memory budget of the compute device, e.g. 24GB, or 'auto' for what is free now: "
                                          "plan what stays resident and what streams (default on a GPU: auto)")
     parser.add_argument("--preset", help="hardware preset from offload_plans/ (e.g. rtx4090-24gb)")
-    parser.add_argument("--quantization", choices=("int8", "nf4"),
+    parser.add_argument("--quantization", choices=SCHEME_CHOICES,
                         help="quantize an original model folder while loading (a `lowmem quantize` folder needs no flag)")
+    parser.add_argument("--compute", choices=COMPUTE_CHOICES, default="auto", help=COMPUTE_HELP)
     parser.add_argument("--parallel", choices=("cfg",),
                         help="cfg: the unconditional and conditional branches on two processes (GPUs) exchanging "
                              "velocities each step; launch with `torchrun --nproc-per-node 2 -m lowmem edit ...`")
@@ -104,14 +106,18 @@ def edit_one(args: argparse.Namespace, spec: "EditSpec", image: "Image.Image", c
     if args.budget is None and args.preset is None and device.type == "cuda":
         args.budget = "auto"  # on a GPU, plan for the memory that is free instead of failing with out-of-memory
     pipe = SpatialEditPipeline.from_folder(args.model, device=device, memory_budget=args.budget, preset=args.preset,
-                                           resolution=args.resolution, quantization=args.quantization, spot=bool(args.spot),
+                                           resolution=args.resolution, quantization=args.quantization,
+                                           spot=spot_request(args.spot), compute=args.compute,
                                            guidance=1.0 if cfg else args.guidance)  # a CFG-parallel rank runs one row
     if cfg:
         pipe.cfg_strategy = cfg
-    if pipe.offload is not None and leader:
-        print(f"plan: {pipe.offload.plan.summary()}")
+    if leader:
+        for choice in pipe.choices:
+            print(choice)
+        if pipe.offload is not None:
+            print(f"plan: {pipe.offload.plan.summary()}")
     result = pipe.edit(image, spec.instruction, steps=spec.steps, guidance=spec.guidance, seed=spec.seed,
-                       resolution=args.resolution, spot=spec.spot_config(args.spot), progress=leader)
+                       resolution=args.resolution, spot=spec.spot_config(pipe.spot), progress=leader)
     if not leader:
         return 0
     save_image_atomic(result.image, args.out, overwrite=args.overwrite)

@@ -1,22 +1,26 @@
-"""`lowmem quantize`: convert a model folder to int8 / nf4, streaming one block at a time."""
+"""`lowmem quantize`: convert a model folder to int8 / fp8 / nf4, streaming one block at a time."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-HELP = "quantize a SpatialEdit model folder to int8 or nf4 (a new folder usable as --model)"
+HELP = "quantize a SpatialEdit model folder to int8, fp8 or nf4 (a new folder usable as --model)"
+SCHEME_CHOICES = ("int8", "fp8", "nf4")  # quantize.SCHEMES, written out: importing quantize imports torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # No quantize import here: it brings torch, transformers and bitsandbytes, and `lowmem quantize
     # --help` or a mistyped flag must answer at once. convert() checks scheme and backend again.
     parser.add_argument("model", type=Path, help="original model folder (transformer/, vae/, text_encoder/)")
-    parser.add_argument("--scheme", required=True, choices=("int8", "nf4"), help="int8 or nf4")
+    parser.add_argument("--scheme", required=True, choices=SCHEME_CHOICES,
+                        help="int8 (1 byte per weight, int8 compute reads it directly), fp8 (e4m3, 1 byte, fp8 compute "
+                             "reads it directly) or nf4 (4 bits: the smallest)")
     parser.add_argument("--component", choices=("dit", "vlm", "all"), default="all",
                         help="which model to quantize (default: all = the DiT and the Qwen3-VL text decoder)")
     parser.add_argument("--backend", choices=("bnb", "quanto"), default=None,
-                        help="quantization backend (default: bitsandbytes, the best one per scheme in bench/quant.py)")
+                        help="quantization backend (default: the best one per scheme in bench/quant.py: bitsandbytes for "
+                             "int8 and nf4; fp8 is quanto's only)")
     parser.add_argument("--skip", nargs="+", default=[], metavar="PATTERN",
                         help="extra fnmatch patterns of layers kept in bf16; embeddings, norms, modulation, the final "
                              "projection and the Qwen3-VL vision tower always are (quantize/plan.py)")

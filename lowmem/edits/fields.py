@@ -14,6 +14,10 @@ from lowmem.edits.spec import EditSpec
 from lowmem.errors import InstructionError
 from lowmem.instructions import EditInstruction
 
+SPOT_CHOICES = ("on", "off", "auto")
+COMPUTE_CHOICES = ("auto", "bf16", "fp8", "int8")  # quantize.compute.COMPUTE_MODES and auto (no torch import here)
+COMPUTE_HELP = ("GEMM of the DiT's large Linears: bf16, or W8A8 fp8 (CUDA sm_89+) / int8 (CUDA sm_80+, the CPU) "
+                "with per-token activation scales; auto: the fastest the device runs (default: %(default)s)")
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(EditSpec) if field.name != "instruction"}
 
 
@@ -33,12 +37,20 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     knobs.add_argument("--seed", type=cli_type(validation.seed, "seed"), default=DEFAULTS["seed"], help="random seed (default: %(default)s)")
     knobs.add_argument("--resolution", type=cli_type(validation.resolution, "resolution"), default=1024, help="working resolution, about N x N pixels (default: %(default)s)")
     spot = parser.add_argument_group("SpotEdit (recompute only the edited tokens)")
-    spot.add_argument("--spot", action=argparse.BooleanOptionalAction, default=False, help="skip non-edited tokens after a few full steps (default: off)")
+    spot.add_argument("--spot", nargs="?", const="on", default="off", choices=SPOT_CHOICES, metavar="on|off|auto",
+                      help="skip non-edited tokens after a few full steps; auto: only where the time model says it pays "
+                           "(large edits on a GPU) (default: off; --spot alone: on)")
+    spot.add_argument("--no-spot", dest="spot", action="store_const", const="off", help="SpotEdit off")
     spot.add_argument("--spot-threshold", type=cli_type(validation.spot_threshold, "threshold"), default=DEFAULTS["spot_threshold"], metavar="TAU",
                       help="perceptual score under which a token is non-edited, or 'auto' to split each step's "
                            "scores in two clusters (default: %(default)s)")
     spot.add_argument("--spot-dilation", type=cli_type(validation.spot_dilation, "dilation"), default=DEFAULTS["spot_dilation"], metavar="R",
                       help="grow the edited region by R tokens on every side (default: %(default)s)")
+
+
+def spot_request(value: str) -> bool | str:
+    """--spot's value as `from_folder(spot=...)` takes it: True, False or "auto"."""
+    return "auto" if value == "auto" else value == "on"
 
 
 def edit_spec(args: argparse.Namespace, instruction: Optional[EditInstruction] = None) -> EditSpec:

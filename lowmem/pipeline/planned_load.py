@@ -25,6 +25,7 @@ from lowmem.offload.runtime import OffloadRuntime
 from lowmem.planning.planner import plan_for
 from lowmem.planning.preflight import folder_precision, preflight_plan
 from lowmem.planning.presets import load_preset
+from quantize.schemes import SCHEMES
 
 HOST = torch.device("cpu")
 
@@ -37,12 +38,13 @@ def planned_device_kind(device: torch.device) -> str:
 
 def plan_models(dit: SpatialEditDiT, vae: WanVAE, conditioner: QwenVLConditioner, device: torch.device, memory_budget,
                 preset: Optional[str], resolution: int, precision: str, spot: bool,
-                max_resident_blocks: Optional[int] = None, guidance: float = 5.0) -> Plan:
-    """The plan for these models (the DiT may still be on `meta`: it is sized, not read) on `device`."""
+                max_resident_blocks: Optional[int] = None, guidance: float = 5.0, compute: str = "bf16") -> Plan:
+    """The plan for these models (the DiT may still be on `meta`: it is sized, not read) on `device`,
+    its traced peaks those of the DiT's Linears in `compute` mode."""
     return plan_for(dit, memory_budget, resolution, precision, spot, preset=preset, device=planned_device_kind(device),
                     vlm_bytes=conditioner.weight_bytes(), vae_bytes=vae.weight_bytes(),
                     max_resident_blocks=max_resident_blocks, vae_config=dict(vae.module.config),
-                    vlm_config=conditioner.model.config, guidance=guidance)
+                    vlm_config=conditioner.model.config, guidance=guidance, compute=compute)
 
 
 def load_under_plan(
@@ -56,21 +58,22 @@ def load_under_plan(
     spot: bool,
     max_resident_blocks: Optional[int] = None,
     guidance: float = 5.0,
+    compute: str = "bf16",
 ):
     """(dit, vae, conditioner, OffloadRuntime) for running on `device` within the budget or preset,
-    planned for edits at `guidance` (<= 1: one DiT row per forward)."""
+    planned for edits at `guidance` (<= 1: one DiT row per forward), the DiT's large Linears in `compute` mode."""
     if preset is not None and quantization is None and not folder.is_quantized:
-        # A preset planned for int8/nf4 weights gets them: quantized while loading.
+        # A preset planned for quantized weights gets them: quantized while loading.
         planned_for = load_preset(preset).quantization
-        quantization = planned_for if planned_for in ("int8", "nf4") else None
+        quantization = planned_for if planned_for in SCHEMES else None
     precision = folder_precision(folder, dtype, quantization)  # what the weights will really be
     preflight_plan(folder, memory_budget, resolution, precision, spot, preset, planned_device_kind(device),  # refuse
                    guidance)  # before reading
 
-    loader = ModelLoader(folder, HOST, dtype, quantization)  # the DiT built, none of its weights read yet
+    loader = ModelLoader(folder, HOST, dtype, quantization, compute)  # the DiT built, none of its weights read yet
     conditioner, vae = loader.conditioner(), loader.vae()
     plan = plan_models(loader.dit, vae, conditioner, device, memory_budget, preset, resolution, precision, spot,
-                       max_resident_blocks, guidance)
+                       max_resident_blocks, guidance, compute)
     loader.fill(outside_blocks)
     for index in plan.dit.resident_blocks:
         loader.fill(in_block(index))

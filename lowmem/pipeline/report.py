@@ -24,6 +24,7 @@ def peak_rss_bytes() -> int:
 class RunReport:
     device: str
     dtype: str
+    compute: str = "bf16"  # the GEMM mode of the DiT's large Linears (quantize.compute)
     width: int = 0
     height: int = 0
     steps: int = 0

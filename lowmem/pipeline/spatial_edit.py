@@ -58,12 +58,16 @@ class SpatialEditPipeline:
         conditioner: QwenVLConditioner,
         device: torch.device,
         dtype: torch.dtype,
+        compute: str = "bf16",
     ):
         self.dit = dit
         self.vae = vae
         self.conditioner = conditioner
         self.device = device
         self.dtype = dtype
+        self.compute = compute  # the DiT's GEMM mode, as loaded (quantize.plan.use_compute)
+        self.choices: list[str] = []  # what from_folder decided for "auto" settings, and why
+        self.spot = False  # whether it was loaded (planned) for SpotEdit: what edit callers ask for by default
         self.offload = None  # lowmem.offload.OffloadRuntime when loaded with a memory budget
         self.cfg_strategy = BatchedGuidance()  # where the CFG rows run: here, or one per rank (lowmem.parallel)
         self.host_spot_cache: Optional[SpotKVCache] = None  # see `_host_spot_cache`
@@ -102,9 +106,10 @@ class SpatialEditPipeline:
         memory_budget: Optional[str | int] = None,
         preset: Optional[str] = None,
         resolution: int = 1024,
-        spot: bool = False,
+        spot: Union[bool, str] = False,
         max_resident_blocks: Optional[int] = None,
         guidance: float = 5.0,
+        compute: str = "auto",
     ) -> "SpatialEditPipeline":
         """Load every component of a SpatialEdit model folder, resident on `device`.
 
@@ -112,9 +117,12 @@ class SpatialEditPipeline:
         original folder, `quantization="int8"|"nf4"` quantizes the DiT and Qwen3-VL decoder while loading.
         With `memory_budget` (e.g. "24GB", or "auto": what is free on the device now) or a hardware
         `preset`, the planner decides what stays on the device for edits at `resolution` (with SpotEdit
-        caches when `spot`), keeping at most `max_resident_blocks` DiT blocks resident when given; the
+        caches when `spot`; "auto": where the time model says SpotEdit pays, kept as `pipe.spot`), keeping at most `max_resident_blocks` DiT blocks resident when given; the
         rest streams; planned for edits at `guidance` (at 1 or less the DiT runs one row per forward, not the
         CFG batch of two). Without either, everything is loaded resident.
+
+        `compute` is the GEMM of the DiT's large Linears: "bf16", "fp8" or "int8" (W8A8, `quantize.compute`),
+        or "auto": the fastest the device runs (int8 on CUDA sm_80+, bf16 on the CPU, where W8A8 is slower).
         """
         validation.resolution(resolution)
         if memory_budget is not None and memory_budget != "auto":
@@ -124,6 +132,15 @@ class SpatialEditPipeline:
         folder = open_model_folder(model)
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
+        from lowmem.planning.compute_choice import choose_compute, choose_spot
+        from lowmem.planning.presets import load_preset
+
+        hardware = load_preset(preset) if preset is not None else None
+        compute, why = choose_compute(compute, device, hardware)
+        choices = [f"compute {compute}: {why}"]
+        if spot == "auto":
+            spot, spot_why = choose_spot(spot, resolution, device, hardware)
+            choices.append(f"SpotEdit {'on' if spot else 'off'}: {spot_why}")
         if memory_budget == "auto":
             from lowmem.common.machine import available_memory
 
@@ -132,16 +149,18 @@ class SpatialEditPipeline:
             from lowmem.pipeline.planned_load import load_under_plan
 
             dit, vae, conditioner, runtime = load_under_plan(folder, device, dtype, quantization, memory_budget, preset,
-                                                             resolution, spot, max_resident_blocks, guidance)
-            pipe = cls(dit, vae, conditioner, device, dtype)
+                                                             resolution, spot, max_resident_blocks, guidance, compute)
+            pipe = cls(dit, vae, conditioner, device, dtype, compute)
             pipe.offload = runtime
-            return pipe
-        from lowmem.loading import ModelLoader
+        else:
+            from lowmem.loading import ModelLoader
 
-        loader = ModelLoader(folder, device, dtype, quantization)
-        dit = loader.resident_dit()  # bad DiT weights fail before the conditioner is read
-        conditioner = loader.conditioner()
-        return cls(dit, loader.vae(), conditioner, device, dtype)
+            loader = ModelLoader(folder, device, dtype, quantization, compute)
+            dit = loader.resident_dit()  # bad DiT weights fail before the conditioner is read
+            conditioner = loader.conditioner()
+            pipe = cls(dit, loader.vae(), conditioner, device, dtype, compute)
+        pipe.choices, pipe.spot = choices, bool(spot)
+        return pipe
 
     @torch.inference_mode()
     def edit(
@@ -174,7 +193,8 @@ class SpatialEditPipeline:
         source = load_image(image) if isinstance(image, (str, Path)) else image.convert("RGB")
         fit = fit_bucket(*source.size, base_size=resolution)
         source = instruction.prepare_image(fit.apply(source), fit)  # a box is in the input's pixels: mapped as the image
-        report = RunReport(device=str(self.device), dtype=str(self.dtype).removeprefix("torch."), width=source.width,
+        report = RunReport(device=str(self.device), dtype=str(self.dtype).removeprefix("torch."), compute=self.compute,
+                           width=source.width,
                            height=source.height, steps=steps, guidance=guidance, seed=seed)
         report.extra["input"] = fit.describe()
         generator = torch.Generator("cpu").manual_seed(seed)

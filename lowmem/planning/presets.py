@@ -14,7 +14,7 @@ from typing import Optional
 from lowmem.errors import LowmemError
 from lowmem.offload.budget import BudgetError, parse_bytes
 
-PRECISIONS = ("bf16", "fp32", "int8", "nf4")
+PRECISIONS = ("bf16", "fp32", "int8", "fp8", "nf4")
 DEVICES = ("cuda", "cpu")
 STORAGE = ("auto", "pinned", "pageable", "disk")
 

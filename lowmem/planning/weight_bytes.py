@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from lowmem.models.dit_config import DiTConfig
+from quantize.schemes import SCHEMES as QUANTIZED
 
-QUANTIZED = ("int8", "nf4")
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "int8": torch.bfloat16, "nf4": torch.bfloat16}
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, **{scheme: torch.bfloat16 for scheme in QUANTIZED}}
 
 
 def module_bytes(module: nn.Module) -> int:
