@@ -5,7 +5,7 @@
 The model is the shipped trained tiny one (lowmem.tiny.trained_model) unless DIR names another trained
 on the rendered scenes (`lowmem train-tiny --out DIR`); on any other model the numbers measure nothing.
 
-Four tables, all on pairs rendered from seeds no training run reaches (lowmem.tiny.scenes.HELD_OUT_SEEDS):
+Five tables, all on pairs rendered from seeds no training run reaches (lowmem.tiny.scenes.HELD_OUT_SEEDS):
   1. edit success per kind: PSNR / SSIM of the edit against the rendered ground truth, beside the
      copy-the-input baseline, and the share of edits that did what the instruction says
      (`lowmem.tiny.scene_scoring.edit_succeeded` states the test per kind);
@@ -13,7 +13,12 @@ Four tables, all on pairs rendered from seeds no training run reaches (lowmem.ti
      relative error of the DiT velocity on the same inputs;
   3. SpotEdit against the full-step edit: PSNR / SSIM, the mean active-token fraction, whether the
      non-edited latent tokens equal the condition after token replacement, and the denoise speed-up;
-  4. tiled against untiled VAE decode of the edits' latents.
+  4. tiled against untiled VAE decode of the edits' latents;
+  5. compute modes (issue 25) on every pair: the DiT's weights int8 or nf4 with a dequantized GEMM
+     (weight-only), int8 W8A8 and fp8 W8A8 (`--compute`, each reading its own scheme's stored codes):
+     PSNR of the edit against the full-precision edit (float32 on the CPU) and the edit success per
+     kind beside the full-precision model's. This CPU runs fp8 natively (torch._scaled_mm's CPU
+     kernel), so fp8 is computed, not emulated.
 """
 
 from __future__ import annotations
@@ -101,6 +106,38 @@ def quantization_table(model: Path, pipe: SpatialEditPipeline, pairs: list[EditP
     return rows
 
 
+COMPUTE_VARIANTS = {  # label: (stored scheme, compute mode)
+    "int8 weight-only": ("int8", "bf16"),
+    "nf4 weight-only": ("nf4", "bf16"),
+    "int8 W8A8": ("int8", "int8"),
+    "fp8 W8A8": ("fp8", "fp8"),
+}
+
+
+def compute_table(model: Path, pipe: SpatialEditPipeline, pairs: list[EditPair], reference: dict, steps: int,
+                  workdir: Path) -> list[dict]:
+    """One row per (variant, kind): PSNR vs the full-precision edit and the success rate."""
+    roundtrip = vae_roundtrip(pipe.vae)
+    rows = []
+    for label, (scheme, mode) in COMPUTE_VARIANTS.items():
+        out = workdir / f"compute-{scheme}"
+        if not out.exists():
+            convert(model, out, scheme, components=("dit",), progress=False, print_table=False)
+        variant = SpatialEditPipeline.from_folder(out, device="cpu", compute=mode)
+        for kind in EDIT_KINDS:
+            chosen = [p for p in pairs if p.kind == kind]
+            psnrs, successes = [], []
+            for pair in chosen:
+                edited = variant.edit(pair.source.image, pair.instruction, steps=steps, guidance=GUIDANCE,
+                                      resolution=SIZE, progress=False).image
+                psnrs.append(psnr(np.asarray(edited), reference[id(pair)]))
+                successes.append(edit_succeeded(pair, edited, roundtrip))
+            rows.append({"variant": label, "scheme": scheme, "compute": mode, "kind": kind, "pairs": len(chosen),
+                         "psnr_vs_full_db": float(np.mean(psnrs)), "success": float(np.mean(successes))})
+        variant.close()
+    return rows
+
+
 def spot_row(pipe: SpatialEditPipeline, pair: EditPair, steps: int) -> dict:
     """SpotEdit and the full loop on the same pair, the same noise; latents compared before decoding."""
     image = pair.model_input
@@ -139,10 +176,11 @@ def run(model: Path, per_kind: int, steps: int) -> dict:
     probe = [pairs[k * per_kind] for k in range(len(EDIT_KINDS))]
     with tempfile.TemporaryDirectory(prefix="lowmem-quality-") as scratch:
         quant = quantization_table(model, pipe, probe, outputs, steps, Path(scratch))
+        modes = compute_table(model, pipe, pairs, outputs, steps, Path(scratch))
     with torch.inference_mode():
         spot = [spot_row(pipe, p, steps) for p in probe]
     return {"model": str(model), "size": SIZE, "steps": steps, "guidance": GUIDANCE, "per_kind": per_kind,
-            "threads": torch.get_num_threads(), "edits": edits, "quantization": quant, "spotedit": spot}
+            "threads": torch.get_num_threads(), "edits": edits, "quantization": quant, "compute": modes, "spotedit": spot}
 
 
 def tables(result: dict) -> str:
@@ -156,6 +194,27 @@ def tables(result: dict) -> str:
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['kind']} | {r['psnr_vs_full_db']:.2f} | {r['ssim_vs_full']:.3f} | {r['active_fraction']:.2f} | "
               f"{r['background_exact']} | {r['speedup']:.2f}x | {r['tiled_psnr_db']:.2f} |" for r in result["spotedit"]]
+    return "\n".join(lines + ["", compute_summary(result)])
+
+
+def compute_summary(result: dict) -> str:
+    """Per variant and kind: PSNR vs the full-precision edit and success, the full model's success beside it."""
+    full = {r["kind"]: r["success"] for r in result["edits"]}
+    kinds = list(full)
+    lines = ["| DiT weights / compute | PSNR vs full dB | " + " | ".join(f"{k} success" for k in kinds) + " | all |",
+             "|---|---|" + "---|" * (len(kinds) + 1)]
+    pairs = {r["kind"]: r["pairs"] for r in result["edits"]}
+
+    def overall(rate: dict) -> float:
+        return sum(rate[k] * pairs[k] for k in kinds) / sum(pairs.values())
+
+    lines.append("| full precision | - | " + " | ".join(f"{full[k]:.0%}" for k in kinds) + f" | {overall(full):.1%} |")
+    for label in COMPUTE_VARIANTS:
+        rows = {r["kind"]: r for r in result["compute"] if r["variant"] == label}
+        rate = {k: rows[k]["success"] for k in kinds}
+        mean_psnr = sum(rows[k]["psnr_vs_full_db"] * pairs[k] for k in kinds) / sum(pairs.values())
+        lines.append(f"| {label} | {mean_psnr:.2f} | " + " | ".join(f"{rate[k]:.0%}" for k in kinds)
+                     + f" | {overall(rate):.1%} |")
     return "\n".join(lines)
 
 
