@@ -18,15 +18,17 @@ sources in the preset file):
     step    = max(compute, copy)   (blocks are prefetched on a side stream while others compute)
 
 Not modelled: the dequantisation of int8/nf4 weights before each bf16 GEMM (~5 bytes of device
-memory traffic per weight, ~0.01-0.1 s per step on a 24 GB card); in a W8A8 mode the per-token
-activation quantization (absmax, divide, round, write codes: tens of bytes of memory traffic per
-input element in the eager kernels of `quantize.compute`) and the epilogue that scales the int32 /
-fp8 product back (again per output element), which at 1024² move on the order of a terabyte per
-full step (~1 s on a 1 TB/s card: of the order of the int8 GEMMs' own time, so the W8A8 rows are a
-lower bound); the weight's re-quantization on every call where the stored scheme is not the
-mode's own (a bf16 or nf4 DiT run in int8 or fp8; an int8 folder in int8 reads its codes as
-stored); that one `sustained` fraction fits every mode's GEMM shapes; launch overheads, the first
-block's copy that nothing hides.
+memory traffic per weight, ~0.01-0.1 s per step on a 24 GB card); launch overheads; the first
+block's copy that nothing hides; that one `sustained` fraction fits every mode's GEMM shapes. In a
+W8A8 mode, only the GEMMs' rate is modelled, not the memory traffic around them: the per-token
+activation quantization (absmax, a float32 copy, divide, round, clamp, the codes written, in
+`quantize.compute.quantize_rows`' chunks), the epilogue that scales the int32 / fp8 product back
+(int32 -> float32 -> two multiplies -> bf16) and the weight's re-quantization on every call where the
+stored scheme is not the mode's own (a bf16 or nf4 DiT run in int8 or fp8; an int8 folder in int8
+reads its codes as stored). Counted on meta (every non-view op's inputs and outputs, nf4 DiT, CFG
+batch 2 at 1024²) that is ~2.6 TB (int8) / ~1.6 TB (fp8) per full step more than bf16 moves: ~2.5 s /
+~1.6 s at an RTX 4090's ~1 TB/s, as long as the int8 GEMMs themselves, unless those kernels are
+fused. The W8A8 rows are a bound on what the tensor cores allow, not a prediction of the eager path.
 """
 
 from __future__ import annotations
@@ -258,7 +260,7 @@ def format_modes(rows: list[ModeTime], preset: Preset, auto: Optional[str] = Non
         marks = (["auto picks this"] if r.mode == auto else []) + (["this plan"] if r.mode == chosen != auto else [])
         table.append((r.mode, _peak_text(r.mode, r.peak).rsplit(" ", 1)[0], f"{r.full_step_s:.2f} s",
                       f"{r.denoise_s:.1f} s", ("<- " + ", ".join(marks)) if marks else ""))
-    lines = [(f"compute modes on {preset.name}, on this plan's placement (peaks x {preset.sustained:g} sustained; the "
-              "fp8/int8 rows leave out the activation quantization and rescaling traffic)")]
+    lines = [(f"compute modes on {preset.name}, on this plan's placement (peaks x {preset.sustained:g} sustained; "
+              "fp8/int8: the GEMMs' rate only, not their quantization traffic)")]
     lines += _table(table)
     return "\n".join(lines)
