@@ -15,11 +15,15 @@ from lowmem.cli import main
 from lowmem.errors import LowmemError
 from lowmem.models.dit_config import FULL_DIT_CONFIG
 from lowmem.offload import BudgetError
-from lowmem.planning import load_preset, plan_for
 from lowmem.planning import compute_choice as choice
+from lowmem.planning import load_preset, plan_for
 from lowmem.planning import phase_peaks as peaks
 from lowmem.planning import time_model as tm
-from lowmem.planning.compute_choice import SPOT_MIN_RESOLUTION, choose_compute, choose_spot
+from lowmem.planning.compute_choice import (
+    SPOT_MIN_RESOLUTION,
+    choose_compute,
+    choose_spot,
+)
 from quantize.plan import default_skip, quantizable_linears
 
 SMALL = replace(FULL_DIT_CONFIG, hidden_size=256, heads_num=2, mm_double_blocks_depth=3)
@@ -167,6 +171,10 @@ def test_spot_as_asked_and_auto_by_resolution_without_device_figures():
     assert SPOT_MIN_RESOLUTION == 256
     assert [choose_spot("auto", r)[0] for r in (64, 128, 240, 256, 512, 1024)] == [False] * 3 + [True] * 3
     assert choose_spot("auto", 512, preset=load_preset("cpu-16gb"))[0] is True
+    assert choose_spot("on", 64)[0] is True and choose_spot("off", 1024)[0] is False
+    # On the CPU a GPU preset's figures do not apply: the resolution floor decides.
+    on, why = choose_spot("auto", 128, preset=load_preset("rtx4090-24gb"), device="cpu")
+    assert not on and "on the CPU" in why
     with pytest.raises(LowmemError, match="on, off or auto"):
         choose_spot("maybe", 512)
 

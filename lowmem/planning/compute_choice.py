@@ -111,14 +111,17 @@ def choose_compute(requested: str, device: torch.device | str,
 
 def choose_spot(requested: str | bool, resolution: int, *, preset: Preset | None = None,
                 make_plan: Callable[[bool], Plan] | None = None, config: DiTConfig = FULL_DIT_CONFIG,
-                compute: str = "bf16", steps: int = 30) -> tuple[bool, str]:
-    """(spot, one-line reason): `requested` (True, False or "auto") resolved for an edit at
-    `resolution`² pixels.
+                compute: str = "bf16", steps: int = 30, device: torch.device | str | None = None) -> tuple[bool, str]:
+    """(spot, one-line reason): `requested` (True / "on", False / "off", or "auto") resolved for an
+    edit at `resolution`² pixels.
 
-    With a `preset` that has device figures, auto compares the time model's `steps`-step denoise
-    with SpotEdit and without, each on the plan `make_plan(spot)` makes (default: `plan_for` on the preset
-    at this resolution, `config` and `compute`); a plan with SpotEdit that does not fit turns it off.
-    Otherwise it is on from `SPOT_MIN_RESOLUTION`."""
+    With a `preset` that has device figures (and a `device` that is not the CPU), auto compares the
+    time model's `steps`-step denoise with SpotEdit and without, in `compute` mode, each on the plan
+    `make_plan(spot)` makes (default: `plan_for` on the preset at this resolution, `config` and
+    `compute`); a plan with SpotEdit that does not fit (BudgetError) turns it off. Otherwise it is
+    on from `SPOT_MIN_RESOLUTION`."""
+    if isinstance(requested, str) and requested in ("on", "off"):
+        requested = requested == "on"
     if isinstance(requested, bool):
         return requested, f"SpotEdit {'on' if requested else 'off'}, as asked"
     if requested != "auto":
@@ -126,10 +129,12 @@ def choose_spot(requested: str | bool, resolution: int, *, preset: Preset | None
     tokens = (resolution // DIT_PATCH) ** 2
     from lowmem.planning import time_model
 
-    if not time_model.has_device_figures(preset):
+    on_cpu = device is not None and torch.device(device).type == "cpu"
+    if on_cpu or not time_model.has_device_figures(preset):
         on = resolution >= SPOT_MIN_RESOLUTION
-        return on, (f"SpotEdit {'on' if on else 'off'}: auto, without device figures, turns it on from "
-                    f"{SPOT_MIN_RESOLUTION} px (its per-step overheads outweigh what it saves below; {resolution} px here)")
+        where = "on the CPU" if on_cpu else "without device figures"
+        return on, (f"SpotEdit {'on' if on else 'off'}: auto, {where}, turns it on from {SPOT_MIN_RESOLUTION} px "
+                    f"(its per-step overheads outweigh what it saves below; {resolution} px here)")
     if tokens < SPOT_MIN_TOKENS:
         return False, (f"SpotEdit off: {tokens} tokens at {resolution} px is under the {SPOT_MIN_TOKENS}-token floor "
                        "where its per-step overheads outweigh what it saves")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Optional
 
 from lowmem.errors import LowmemError
 from lowmem.offload.budget import BudgetError, parse_bytes
@@ -29,20 +28,20 @@ class Preset:
     description: str
     device: str
     budget: int  # bytes of compute-device memory (RAM when device is cpu)
-    host_ram: Optional[int] = None  # bytes of host RAM the runtime may pin / hold
+    host_ram: int | None = None  # bytes of host RAM the runtime may pin / hold
     resolution: int = 1024
     quantization: str = "bf16"
-    prefetch_depth: Optional[int] = None
+    prefetch_depth: int | None = None
     storage: str = "auto"
-    vae_tile: Optional[int] = None  # None: the planner decides (untiled when it fits)
+    vae_tile: int | None = None  # None: the planner decides (untiled when it fits)
     spotedit: bool = False
     # Device figures for the time model (`lowmem plan`), each with its source in the preset file.
-    bf16_tflops: Optional[float] = None  # dense bf16 tensor throughput (FP32 accumulate), TFLOP/s
+    bf16_tflops: float | None = None  # dense bf16 tensor throughput (FP32 accumulate), TFLOP/s
     # Dense peaks of the W8A8 GEMMs (`lowmem.planning.compute_choice`); absent: the card cannot run that mode.
-    fp8_tflops: Optional[float] = None  # dense fp8 (e4m3) tensor throughput (FP32 accumulate), TFLOP/s
-    int8_tops: Optional[float] = None  # dense int8 tensor throughput (int32 accumulate), TOP/s
-    sustained: Optional[float] = None  # fraction of it a whole DiT forward sustains
-    h2d_gbps: Optional[float] = None  # pinned host-to-device copy bandwidth, GB/s
+    fp8_tflops: float | None = None  # dense fp8 (e4m3) tensor throughput (FP32 accumulate), TFLOP/s
+    int8_tops: float | None = None  # dense int8 tensor throughput (int32 accumulate), TOP/s
+    sustained: float | None = None  # fraction of it a whole DiT forward sustains
+    h2d_gbps: float | None = None  # pinned host-to-device copy bandwidth, GB/s
 
     @property
     def peak_rates(self) -> dict[str, float]:

@@ -33,9 +33,9 @@ fused. The W8A8 rows are a bound on what the tensor cores allow, not a predictio
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable, Optional
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -74,7 +74,7 @@ def count_flops(call: Callable[[], object]) -> int:
 
 
 @lru_cache(maxsize=64)
-def _dit_flops(config: DiTConfig, resolution: int, text_tokens: int, batch: int, active_fraction: Optional[float],
+def _dit_flops(config: DiTConfig, resolution: int, text_tokens: int, batch: int, active_fraction: float | None,
                compute: str) -> tuple[tuple[str, int], ...]:
     def at(depth: int) -> dict[str, int]:
         model = peaks.traced_dit(config, "bf16", torch.bfloat16, depth, compute)
@@ -87,14 +87,14 @@ def _dit_flops(config: DiTConfig, resolution: int, text_tokens: int, batch: int,
 
 
 def dit_flops_by_mode(config: DiTConfig, resolution: int, text_tokens: int, batch: int,
-                      active_fraction: Optional[float] = None, compute: str = "bf16") -> dict[str, int]:
+                      active_fraction: float | None = None, compute: str = "bf16") -> dict[str, int]:
     """FLOPs of one DiT forward (`active_fraction` None) or one SpotEdit partial step, all blocks, its
     Linears' GEMMs in `compute` mode, split by the rate they run at (`count_flops_by_mode`)."""
     return dict(_dit_flops(config, resolution, text_tokens, batch, active_fraction, check_mode(compute)))
 
 
 def dit_flops(config: DiTConfig, resolution: int, text_tokens: int, batch: int,
-              active_fraction: Optional[float] = None, compute: str = "bf16") -> int:
+              active_fraction: float | None = None, compute: str = "bf16") -> int:
     """FLOPs of one DiT forward (`active_fraction` None) or one SpotEdit partial step, all blocks."""
     return sum(dit_flops_by_mode(config, resolution, text_tokens, batch, active_fraction, compute).values())
 
@@ -125,7 +125,7 @@ class StepTime:
         return self.copy_s <= self.compute_s
 
 
-def has_device_figures(preset: Optional[Preset]) -> bool:
+def has_device_figures(preset: Preset | None) -> bool:
     return bool(preset is not None and preset.bf16_tflops and preset.sustained and preset.h2d_gbps)
 
 
@@ -134,7 +134,7 @@ def preset_modes(preset: Preset) -> tuple[str, ...]:
     return tuple(preset.peak_rates) if has_device_figures(preset) else ()
 
 
-def predict(plan: Plan, preset: Preset, config: DiTConfig, compute: Optional[str] = None) -> list[StepTime]:
+def predict(plan: Plan, preset: Preset, config: DiTConfig, compute: str | None = None) -> list[StepTime]:
     """The step kinds of `plan` (full; with SpotEdit also a partial step and the selector) on
     `preset`, the DiT's Linears in `compute` mode (None: the plan's own, `plan.compute`)."""
     if not has_device_figures(preset):
@@ -248,7 +248,7 @@ def format_steps(steps: list[StepTime], preset: Preset, count: int = 30) -> str:
     return "\n".join(lines)
 
 
-def format_modes(rows: list[ModeTime], preset: Preset, auto: Optional[str] = None, chosen: Optional[str] = None) -> str:
+def format_modes(rows: list[ModeTime], preset: Preset, auto: str | None = None, chosen: str | None = None) -> str:
     """Each compute mode side by side: its peak, the full step and the denoise; the mode `auto` picks
     and the plan's `chosen` one (when another was asked for) marked."""
     if not rows:
