@@ -149,6 +149,19 @@ def test_cli_plan_prints_tables_for_24_and_80_gb(capsys):
     assert "batch 1 (no guidance)" in out and "traced on meta" in out and "vae decode, untiled" in out
 
 
+def test_a_plan_records_its_compute_mode_and_reads_plans_written_before_it(full_meta):
+    plan = plan_for(full_meta, "80GB", 1024, "bf16", False, compute="int8")
+    assert plan.compute == "int8" and plan.to_dict()["compute"] == "int8"
+    assert Plan.from_json(plan.to_json()).compute == "int8"
+    assert plan.summary().startswith("dit bf16 (int8 GEMMs) 40/40 blocks resident")
+    assert "DiT GEMMs in int8 (W8A8)" in plan.format_table().splitlines()[0]
+    old = json.loads(plan.to_json())
+    del old["compute"]  # a plan written before compute modes
+    again = Plan.from_dict(old)
+    assert again.compute == "bf16" and again.summary().startswith("dit bf16 40/40")
+    assert "W8A8" not in again.format_table()
+
+
 def test_cli_plan_bad_input_is_one_line(capsys):
     assert main(["plan", "--budget", "24XB"]) == 2
     err = capsys.readouterr().err

@@ -25,12 +25,13 @@ def traced_live_bytes(plan, phase: str) -> int:
     dtype = peaks.activation_dtype(plan.device)
     precision = plan.dit.precision if plan.dit.precision in ("int8", "nf4") else "bf16"
     res, text, batch = plan.resolution, plan.text_tokens, plan.batch
+    gemm = {"compute": plan.compute} if plan.compute != "bf16" else {}
     if phase == "denoise":
-        runs = [peaks.dit_forward(FULL_DIT_CONFIG, precision, dtype, res, text, batch)]
+        runs = [peaks.dit_forward(FULL_DIT_CONFIG, precision, dtype, res, text, batch, **gemm)]
         if not plan.spotedit.enabled:
             return max(runs)
         shape = (FULL_DIT_CONFIG, precision, dtype, res, text, batch)
-        runs += [peaks.spot_step(*shape, 0.3), peaks.spot_step(*shape, 0.0), peaks.selector(VAE, res)]
+        runs += [peaks.spot_step(*shape, 0.3, **gemm), peaks.spot_step(*shape, 0.0, **gemm), peaks.selector(VAE, res)]
         return max(runs) + peaks.selector_state(VAE, res, dtype)  # the selector's copy of the stages, held throughout
     if phase == "encode image":
         return peaks.vae_encode(VAE, res)
@@ -49,6 +50,12 @@ def cases():
                 for q in ("bf16", "int8", "nf4"):
                     yield pytest.param({"budget": budget, "resolution": res, "spotedit": spot, "quantization": q},
                                        id=f"{budget}-{res}-{'spot' if spot else 'full'}-{q}")
+    # W8A8 GEMMs: their activation codes, int32 accumulators and re-quantized weights are traced too.
+    for name in ("rtx4090-24gb", "rtx3090-24gb"):
+        yield pytest.param({"preset": name, "compute": "int8"}, id=f"{name}-int8")
+    yield pytest.param({"preset": "rtx4090-24gb", "compute": "fp8"}, id="rtx4090-24gb-fp8")
+    yield pytest.param({"budget": "24GB", "resolution": 1024, "spotedit": True, "quantization": "bf16", "compute": "int8"},
+                       id="24GB-1024-spot-bf16-int8")
 
 
 @pytest.mark.parametrize("kwargs", list(cases()))
@@ -118,6 +125,27 @@ def test_dit_traced_at_depth_two_is_the_steady_state_of_any_depth():
     text = torch.empty(2, 300, config.text_states_dim, device="meta", dtype=torch.bfloat16)
     timestep = torch.empty(2, device="meta")
     assert two == peaks._trace_dit(lambda: model(latents, timestep, text))
+
+
+def test_w8a8_traces_hold_the_int32_accumulator_and_plans_record_their_mode():
+    from dataclasses import replace
+
+    config = replace(FULL_DIT_CONFIG, hidden_size=256, heads_num=2, mm_double_blocks_depth=3)
+    shape = (config, "nf4", torch.bfloat16, 256, 40, 2)
+    bf16, int8 = peaks.dit_block(*shape), peaks.dit_block(*shape, compute="int8")
+    image_rows = 2 * 2 * (256 // peaks.DIT_PATCH) ** 2  # CFG batch x (condition, target)
+    assert int8 - bf16 >= image_rows * 4 * 256 * 4  # the MLP up-projection's int32 product, beside its inputs
+    assert peaks.dit_forward(*shape, compute="fp8") > peaks.dit_forward(*shape)
+    # An int8 folder run in int8 reads its codes as stored: no re-quantized copy of the weight.
+    assert peaks.dit_block(config, "int8", torch.bfloat16, 256, 40, 2, compute="int8") < int8
+    assert peaks.traced_dit(config, "nf4", torch.bfloat16, 2, "int8") is peaks.traced_dit(config, "nf4", torch.bfloat16,
+                                                                                            compute="int8")
+    plan = plan_for(FULL_DIT_CONFIG, preset="rtx4090-24gb", compute="int8")
+    base = plan_for(FULL_DIT_CONFIG, preset="rtx4090-24gb")
+    assert (plan.compute, base.compute) == ("int8", "bf16")
+    assert plan.estimate.traced["denoise"]["dit forward"] > base.estimate.traced["denoise"]["dit forward"]
+    with pytest.raises(BudgetError, match="choose_compute"):
+        plan_for(FULL_DIT_CONFIG, preset="rtx4090-24gb", compute="auto")
 
 
 def test_exact_weight_bytes_follow_quantize_layout():

@@ -66,6 +66,29 @@ def test_bad_device_figures_in_a_preset_are_refused(tmp_path):
         parse_preset(bad)
 
 
+def test_presets_carry_dense_peaks_per_compute_mode():
+    peaks_of = {name: load_preset(name).peak_rates for name in ("rtx4090-24gb", "rtx3090-24gb", "a100-80gb", "h100-80gb")}
+    assert peaks_of["rtx4090-24gb"] == {"bf16": 165.2, "fp8": 330.3, "int8": 660.6}
+    assert peaks_of["rtx3090-24gb"] == {"bf16": 71.0, "int8": 284.0}  # Ampere: no fp8
+    assert peaks_of["a100-80gb"] == {"bf16": 312.0, "int8": 624.0}
+    assert peaks_of["h100-80gb"] == {"bf16": 989.0, "fp8": 1979.0, "int8": 1979.0}  # SXM
+    assert load_preset("cpu-16gb").peak_rates == {}
+
+
+@pytest.mark.parametrize("line, key", [
+    ("int8_tops = 0", "int8_tops"), ("int8_tops = -1", "int8_tops"), ('fp8_tflops = "fast"', "fp8_tflops"),
+    ("fp8_tflops = true", "fp8_tflops"), ("int8_tops = 600", "need bf16_tflops"),
+])
+def test_bad_per_mode_peaks_in_a_preset_are_refused(tmp_path, line, key):
+    bad = tmp_path / "x.toml"
+    figures = "" if "need" in key else "bf16_tflops = 100\n"
+    bad.write_text(f'description = "x"\ndevice = "cuda"\nbudget = "24GB"\n{figures}{line}\n')
+    with pytest.raises(PresetError, match=key):
+        parse_preset(bad)
+    bad.write_text('description = "x"\ndevice = "cuda"\nbudget = "24GB"\nbf16_tflops = 100\nint8_tops = 400\n')
+    assert parse_preset(bad).peak_rates == {"bf16": 100, "int8": 400}
+
+
 def test_cli_plan_prints_the_time_model(capsys):
     assert main(["plan", "--preset", "rtx4090-24gb"]) == 0
     out = capsys.readouterr().out

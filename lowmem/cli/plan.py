@@ -11,7 +11,7 @@ from lowmem.common import validation
 from lowmem.common.validation import cli_type
 
 HELP = ("show how a run would use a memory budget: what stays resident, what streams, the memory estimate "
-        "(with the traced peaks behind it) and, for a preset, the predicted step time")
+        "(with the traced peaks behind it) and, for a preset, the predicted step time of each compute mode")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=cli_type(validation.guidance, "guidance"), default=5.0,
                         help="guidance scale the edit will use (default 5.0); 1 or less plans a batch of one")
     parser.add_argument("--model", type=Path, help="plan for this model folder's DiT config instead of the full 16B one")
+    parser.add_argument("--compute", choices=("auto", "bf16", "fp8", "int8"), default="auto",
+                        help="the DiT's GEMMs: bf16, or W8A8 in fp8 / int8 on cards that run them (default auto: "
+                             "the fastest the preset's card runs; bf16 without a preset's figures)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
 
 
@@ -35,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from lowmem.models.dit import build_dit
     from lowmem.models.dit_config import FULL_DIT_CONFIG
     from lowmem.planning import time_model
+    from lowmem.planning.compute_choice import choose_compute
     from lowmem.planning.planner import plan_for
     from lowmem.planning.presets import load_preset
 
@@ -45,19 +49,29 @@ def run(args: argparse.Namespace) -> int:
 
         config = read_dit_config(open_model_folder(args.model))
     model = build_dit(config, device="meta")
-    plan = plan_for(model, args.budget, args.resolution, args.quantization, args.spot, preset=args.preset,
-                    device=args.device, host_ram=args.host_ram, guidance=args.guidance)
     preset = load_preset(args.preset) if args.preset else None
-    timed = preset is not None and preset.bf16_tflops and plan.device == "cuda"
-    steps = time_model.predict(plan, preset, config) if timed else []
+    # Nothing runs here: a GPU is planned for on meta (its modes are the preset's), the CPU as itself.
+    cpu = (args.device or (preset.device if preset else "cuda")) == "cpu"
+    where = "cpu" if cpu else "meta"
+    compute, why = choose_compute(args.compute, where, preset)
+    auto = compute if args.compute == "auto" else choose_compute("auto", where, preset)[0]
+    plan = plan_for(model, args.budget, args.resolution, args.quantization, args.spot, preset=preset,
+                    device=args.device, host_ram=args.host_ram, guidance=args.guidance, compute=compute)
+    timed = time_model.has_device_figures(preset) and plan.device == "cuda"
+    steps = time_model.predict(plan, preset, config, compute) if timed else []
+    modes = time_model.mode_times(plan, preset, config) if timed else []
     if args.json:
         data = plan.to_dict()
+        data["compute_choice"] = {"requested": args.compute, "mode": compute, "auto": auto, "reason": why}
         data["time_model"] = [{**asdict(s), "seconds": s.seconds} for s in steps]
+        data["compute_modes"] = [{**asdict(m), "auto": m.mode == auto, "chosen": m.mode == compute} for m in modes]
         print(json.dumps(data, indent=2))
         return 0
     print(plan.format_table())
+    print(f"compute: {why}")
     if steps:
         print(time_model.format_steps(steps, preset))
+        print(time_model.format_modes(modes, preset, auto=auto, chosen=compute))
     else:
         print("time model: give a --preset with device figures (bf16_tflops, sustained, h2d_gbps) to predict step times")
     return 0

@@ -4,7 +4,8 @@ A plan names, per component (conditioner `vlm`, `dit`, `vae`), its precision and
 (`resident`, `streamed`, or `run-then-evicted`), which DiT blocks stay resident, how many device
 slots the streamed blocks rotate through, how far ahead they are prefetched, where streamed
 weights wait (pinned host RAM or per-block files on disk), the VAE tile size and where SpotEdit's
-K/V caches live, plus an itemised memory estimate per phase. `lowmem.planning.planner.plan_for`
+K/V caches live, the DiT's GEMM mode (`compute`: bf16, or W8A8 in fp8 / int8; see
+`quantize.compute`), plus an itemised memory estimate per phase. `lowmem.planning.planner.plan_for`
 makes them; this package runs them.
 """
 
@@ -98,6 +99,7 @@ class Plan:
     estimate: MemoryEstimate
     preset: Optional[str] = None
     notes: list[str] = field(default_factory=list)
+    compute: str = "bf16"  # the DiT's large Linears' GEMMs: bf16 | fp8 | int8 (W8A8, quantize.compute)
 
     @property
     def fits(self) -> bool:
@@ -153,8 +155,9 @@ class Plan:
             if self.streams
             else "no streaming"
         )
+        gemm = f" ({self.compute} GEMMs)" if self.compute != "bf16" else ""
         return (
-            f"dit {d.precision} {len(d.resident_blocks)}/{d.num_blocks} blocks resident, {stream}; "
+            f"dit {d.precision}{gemm} {len(d.resident_blocks)}/{d.num_blocks} blocks resident, {stream}; "
             f"vlm {self.vlm.placement}; vae {'tile ' + str(self.vae.tile) if self.vae.tiled else 'untiled'}; "
             f"peak {format_bytes(self.estimate.peak)} of {format_bytes(self.budget)}"
         )
@@ -164,6 +167,8 @@ class Plan:
         title = f"plan for {self.resolution}x{self.resolution} on {self.device}, budget {format_bytes(self.budget)}"
         if self.preset:
             title += f" (preset {self.preset})"
+        if self.compute != "bf16":
+            title += f", DiT GEMMs in {self.compute} (W8A8)"
         rows = [
             ("component", "precision", "placement", "weights", "detail"),
             ("vlm", self.vlm.precision, self.vlm.placement, format_bytes(self.vlm.weight_bytes), "runs before denoising"),

@@ -70,14 +70,26 @@ def activation_dtype(device: str) -> torch.dtype:
 
 
 # ---------------------------------------------------------------------------------------- the DiT
-@lru_cache(maxsize=8)
-def traced_dit(config: DiTConfig, precision: str, dtype: torch.dtype, depth: int = TRACED_DIT_DEPTH) -> SpatialEditDiT:
-    """The DiT at `depth` blocks on meta, full width, its Linears stored as `precision` stores them."""
+def traced_dit(config: DiTConfig, precision: str, dtype: torch.dtype, depth: int = TRACED_DIT_DEPTH,
+               compute: str = "bf16") -> SpatialEditDiT:
+    """The DiT at `depth` blocks on meta, full width, its Linears stored as `precision` stores them
+    and their GEMMs run in `compute` mode (`quantize.plan.use_compute`: a W8A8 mode's transients, the
+    int8/fp8 activation codes, the weight's codes when re-quantized, the int32 accumulator, are traced).
+    Built once per argument set, however they are passed."""
+    return _traced_dit(config, precision, dtype, depth, compute)
+
+
+@lru_cache(maxsize=16)
+def _traced_dit(config: DiTConfig, precision: str, dtype: torch.dtype, depth: int, compute: str) -> SpatialEditDiT:
     model = build_dit(replace(config, mm_double_blocks_depth=depth), device=META, dtype=dtype)
     if precision in ("int8", "nf4"):
         from quantize.plan import swap_default_linears
 
         swap_default_linears(model, "dit", precision)
+    if compute != "bf16":
+        from quantize.plan import use_compute
+
+        use_compute(model, compute, "dit")
     return model
 
 
@@ -99,9 +111,10 @@ def _dit_inputs(config: DiTConfig, resolution: int, text_tokens: int, batch: int
 
 @lru_cache(maxsize=64)
 def dit_forward(config: DiTConfig, precision: str, dtype: torch.dtype, resolution: int, text_tokens: int,
-                batch: int) -> int:
+                batch: int, compute: str = "bf16") -> int:
     """Peak bytes of one full DiT forward (the denoising step's network call)."""
-    return _trace_dit(forward_call(traced_dit(config, precision, dtype), resolution, text_tokens, batch))
+    model = traced_dit(config, precision, dtype, compute=compute)
+    return _trace_dit(forward_call(model, resolution, text_tokens, batch))
 
 
 def forward_call(model: SpatialEditDiT, resolution: int, text_tokens: int, batch: int) -> Callable[[], Any]:
@@ -112,9 +125,9 @@ def forward_call(model: SpatialEditDiT, resolution: int, text_tokens: int, batch
 
 @lru_cache(maxsize=64)
 def dit_block(config: DiTConfig, precision: str, dtype: torch.dtype, resolution: int, text_tokens: int,
-              batch: int) -> int:
+              batch: int, compute: str = "bf16") -> int:
     """Peak bytes of one block beyond its inputs (shown by `lowmem plan`; the forward holds more)."""
-    model = traced_dit(config, precision, dtype)
+    model = traced_dit(config, precision, dtype, compute=compute)
     latents, timestep, text = _dit_inputs(config, resolution, text_tokens, batch, dtype)
     img, grid = model.embed_image(latents)
     txt, ctx = model.context(timestep, text, None, grid)
@@ -123,9 +136,9 @@ def dit_block(config: DiTConfig, precision: str, dtype: torch.dtype, resolution:
 
 @lru_cache(maxsize=64)
 def dit_outside_blocks(config: DiTConfig, precision: str, dtype: torch.dtype, resolution: int, text_tokens: int,
-                       batch: int) -> int:
+                       batch: int, compute: str = "bf16") -> int:
     """Peak bytes of the DiT's forward with its blocks skipped (embedders, RoPE tables, head)."""
-    model = copy.copy(traced_dit(config, precision, dtype))
+    model = copy.copy(traced_dit(config, precision, dtype, compute=compute))
     model.block_runner = lambda blocks, img, txt, ctx: (img, txt)
     latents, timestep, text = _dit_inputs(config, resolution, text_tokens, batch, dtype)
     return _trace_dit(lambda: model(latents, timestep, text))
@@ -133,10 +146,11 @@ def dit_outside_blocks(config: DiTConfig, precision: str, dtype: torch.dtype, re
 
 @lru_cache(maxsize=64)
 def spot_step(config: DiTConfig, precision: str, dtype: torch.dtype, resolution: int, text_tokens: int, batch: int,
-              active_fraction: float) -> int:
+              active_fraction: float, compute: str = "bf16") -> int:
     """Peak bytes of a SpotEdit partial step with `active_fraction` of the target tokens recomputed,
     beyond its K/V caches (the planner places those; see `spotedit.cache`)."""
-    return _trace_dit(spot_call(traced_dit(config, precision, dtype), resolution, text_tokens, batch, active_fraction))
+    model = traced_dit(config, precision, dtype, compute=compute)
+    return _trace_dit(spot_call(model, resolution, text_tokens, batch, active_fraction))
 
 
 def spot_call(model: SpatialEditDiT, resolution: int, text_tokens: int, batch: int,

@@ -85,13 +85,21 @@ def plan_for(
     guidance: float = DEFAULT_GUIDANCE,
     vae_config: Optional[dict] = None,
     vlm_config: Any = None,
+    compute: str = "bf16",
 ) -> Plan:
     """The plan for one run; raises BudgetError (one message naming what to change) when nothing fits.
 
     `text_tokens` defaults to what the conditioner hands the DiT for one image (`dit_text_tokens`);
     `guidance` <= 1 plans a batch of one. `vae_config` / `vlm_config` (AutoencoderKLWan kwargs, a
     Qwen3VLConfig) describe the model's VAE and conditioner; by default the released ones for the
-    full DiT, and for any other DiT the tiny VAE and no conditioner (unless `vlm_bytes` is given)."""
+    full DiT, and for any other DiT the tiny VAE and no conditioner (unless `vlm_bytes` is given).
+    `compute` is the DiT's GEMM mode (bf16 | fp8 | int8, `quantize.compute`; resolve "auto" first with
+    `compute_choice.choose_compute`): its W8A8 transients are traced into the denoise peaks."""
+    from quantize.compute import COMPUTE_MODES
+
+    if compute not in COMPUTE_MODES:
+        raise BudgetError(f"compute must be one of {', '.join(COMPUTE_MODES)}, got {compute!r}"
+                          + (" (resolve auto with lowmem.planning.compute_choice.choose_compute)" if compute == "auto" else ""))
     if isinstance(preset, str):
         preset = load_preset(preset)
     args = _Args.resolve(model_or_config, budget, resolution, quantization, spotedit, preset, device, host_ram,
@@ -99,6 +107,7 @@ def plan_for(
     args.allow_streaming = allow_streaming
     args.batch = guidance_batch(guidance)
     args.vae_config, args.vlm_config = vae_config, vlm_config
+    args.compute = compute
     plan = _solve(args)
     if plan.fits:
         return plan
@@ -170,14 +179,16 @@ class _Sizes:
         # Traced peaks behind each phase's activations (phase -> {what was traced: bytes}).
         self.traced: dict[str, dict[str, int]] = {}
         shape = (config, trace_precision, dtype, res, text, batch)
-        denoise = {"dit forward": peaks.dit_forward(*shape),  # what the step holds; its parts for people:
-                   "  one block, beyond its inputs": peaks.dit_block(*shape),
-                   "  outside the blocks": peaks.dit_outside_blocks(*shape)}
+        gemm = {"compute": a.compute} if a.compute != "bf16" else {}  # the bf16 traces' cache keys as before
+        denoise = {"dit forward": peaks.dit_forward(*shape, **gemm),  # what the step holds; its parts for people:
+                   "  one block, beyond its inputs": peaks.dit_block(*shape, **gemm),
+                   "  outside the blocks": peaks.dit_outside_blocks(*shape, **gemm)}
         if a.spotedit:
             vae_key = self.vae_key(a, full)
-            denoise[f"spotedit step ({SPOT_ACTIVE_FRACTION:.0%} active)"] = peaks.spot_step(*shape, SPOT_ACTIVE_FRACTION)
+            denoise[f"spotedit step ({SPOT_ACTIVE_FRACTION:.0%} active)"] = peaks.spot_step(*shape, SPOT_ACTIVE_FRACTION,
+                                                                                              **gemm)
             # One active token: every other target token is fused in the kv hook (its largest temporaries).
-            denoise["spotedit step (1 token active)"] = peaks.spot_step(*shape, 0.0)
+            denoise["spotedit step (1 token active)"] = peaks.spot_step(*shape, 0.0, **gemm)
             denoise["spotedit selector"] = peaks.selector(vae_key, res)
         self.traced["denoise"] = denoise
         # Held through the whole denoise phase, beside every step's activations.
@@ -370,7 +381,7 @@ def _solve(a: _Args) -> Plan:
         vae=VAEPlan(precision="fp32", placement="resident", weight_bytes=vae_weights, tiled=tiled, tile=tile if tiled else None),
         spotedit=SpotEditPlan(enabled=a.spotedit, cache_placement=cache_placement, cache_bytes=sizes.cache_per_block * n,
                               pinned_host_bytes=spot_arena),
-        estimate=MemoryEstimate(phases=phases, traced=traced), preset=a.preset, notes=notes,
+        estimate=MemoryEstimate(phases=phases, traced=traced), preset=a.preset, notes=notes, compute=a.compute,
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Optional
 
 from lowmem.errors import LowmemError
 from lowmem.offload.budget import BudgetError, parse_bytes
@@ -29,17 +28,27 @@ class Preset:
     description: str
     device: str
     budget: int  # bytes of compute-device memory (RAM when device is cpu)
-    host_ram: Optional[int] = None  # bytes of host RAM the runtime may pin / hold
+    host_ram: int | None = None  # bytes of host RAM the runtime may pin / hold
     resolution: int = 1024
     quantization: str = "bf16"
-    prefetch_depth: Optional[int] = None
+    prefetch_depth: int | None = None
     storage: str = "auto"
-    vae_tile: Optional[int] = None  # None: the planner decides (untiled when it fits)
+    vae_tile: int | None = None  # None: the planner decides (untiled when it fits)
     spotedit: bool = False
     # Device figures for the time model (`lowmem plan`), each with its source in the preset file.
-    bf16_tflops: Optional[float] = None  # dense bf16 tensor throughput (FP32 accumulate), TFLOP/s
-    sustained: Optional[float] = None  # fraction of it a whole DiT forward sustains
-    h2d_gbps: Optional[float] = None  # pinned host-to-device copy bandwidth, GB/s
+    bf16_tflops: float | None = None  # dense bf16 tensor throughput (FP32 accumulate), TFLOP/s
+    # Dense peaks of the W8A8 GEMMs (`lowmem.planning.compute_choice`); absent: the card cannot run that mode.
+    fp8_tflops: float | None = None  # dense fp8 (e4m3) tensor throughput (FP32 accumulate), TFLOP/s
+    int8_tops: float | None = None  # dense int8 tensor throughput (int32 accumulate), TOP/s
+    sustained: float | None = None  # fraction of it a whole DiT forward sustains
+    h2d_gbps: float | None = None  # pinned host-to-device copy bandwidth, GB/s
+
+    @property
+    def peak_rates(self) -> dict[str, float]:
+        """Dense peak tera-ops per second of each compute mode this card runs (bf16 first); empty
+        without device figures."""
+        rates = {"bf16": self.bf16_tflops, "fp8": self.fp8_tflops, "int8": self.int8_tops}
+        return {mode: rate for mode, rate in rates.items() if rate} if self.bf16_tflops else {}
 
 
 _KEYS = {f.name for f in fields(Preset)}
@@ -93,7 +102,7 @@ def parse_preset(path: Path) -> Preset:
         raise PresetError(f"{path.name}: resolution must be a multiple of 16 and at least 64, got {data['resolution']}")
     if data.get("vae_tile") and data["vae_tile"] % 8:
         raise PresetError(f"{path.name}: vae_tile must be a multiple of 8, got {data['vae_tile']}")
-    for key in ("bf16_tflops", "sustained", "h2d_gbps"):
+    for key in ("bf16_tflops", "fp8_tflops", "int8_tops", "sustained", "h2d_gbps"):
         value = data.get(key)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
             raise PresetError(f"{path.name}: {key} must be a positive number, got {value!r}")
@@ -101,6 +110,8 @@ def parse_preset(path: Path) -> Preset:
         raise PresetError(f"{path.name}: sustained is a fraction of the peak (0..1], got {data['sustained']}")
     if not isinstance(data.get("spotedit", False), bool):
         raise PresetError(f"{path.name}: spotedit must be true or false")
+    if (data.get("fp8_tflops") or data.get("int8_tops")) and not data.get("bf16_tflops"):
+        raise PresetError(f"{path.name}: fp8_tflops / int8_tops need bf16_tflops (the rate of everything else)")
     return Preset(**data)
 
 
