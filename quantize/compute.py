@@ -39,6 +39,7 @@ MIN_CAPABILITY = {"bf16": (8, 0), "int8": (8, 0), "fp8": (8, 9)}
 ROW_ALIGN = {"int8": 32, "fp8": 16}
 INNER_ALIGN = {"int8": 8, "fp8": 16}
 MIN_STEP = 1e-12  # the step of an all-zero row (any positive value: its codes are all zero)
+GEMM_ELEMENTS = 1 << 24  # rows per W8A8 GEMM call: about this many elements of its widest operand
 
 
 def check_mode(mode: str) -> str:
@@ -107,29 +108,43 @@ def _pad_rows(t: torch.Tensor, align: int) -> torch.Tensor:
     return torch.cat([t, t.new_zeros((padded - rows,) + tuple(t.shape[1:]))])
 
 
-def w8a8_matmul(x2d: torch.Tensor, codes: torch.Tensor, channel_step: torch.Tensor, mode: str) -> torch.Tensor:
+def _gpu_like(device: torch.device) -> bool:
+    """CUDA, or `meta` standing in for it in plans and traces: cuBLAS's rules and output dtypes apply."""
+    return device.type in ("cuda", "meta")
+
+
+def w8a8_matmul(x2d: torch.Tensor, codes: torch.Tensor, channel_step: torch.Tensor, mode: str,
+                out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """x2d (M, K) float times the (N, K) `mode` weight codes with their float32 step per row (N,):
-    the (M, N) product in float32 (int8) or bf16/float32 (fp8), activations quantized per token."""
-    if x2d.device.type == "cuda" and not _aligned(codes, mode):
-        return reference_linear(x2d, codes, channel_step, mode)
-    rows = x2d.shape[0]
-    x_codes, token_step = quantize_rows(x2d, mode)
-    if x2d.device.type == "cuda":  # cuBLAS's row rules; padded rows are zero and dropped below
-        x_codes, token_step = _pad_rows(x_codes, ROW_ALIGN[mode]), _pad_rows(token_step, ROW_ALIGN[mode])
+    the (M, N) product in `out_dtype`, activations quantized per token.
+
+    Worked `GEMM_ROWS` rows at a time, so the activation codes, the int32 accumulator and the float32
+    rescale exist for one chunk only: beside the output, the GEMM's scratch stays a few tens of MB."""
+    gpu = _gpu_like(x2d.device)
+    if gpu and not _aligned(codes, mode):
+        return reference_linear(x2d, codes, channel_step, mode).to(out_dtype)
+    rows, n = x2d.shape[0], codes.shape[0]
+    out = torch.empty((rows, n), dtype=out_dtype, device=x2d.device)
     channel_step = channel_step.reshape(1, -1).float()
-    if mode == "int8":
-        out = torch._int_mm(x_codes, codes.t()).float().mul_(token_step).mul_(channel_step)
-    else:
-        # Row-wise scaled fp8 GEMMs write bf16 on CUDA; the CPU kernel writes float32 as well.
-        out_dtype = torch.bfloat16 if x2d.device.type == "cuda" else torch.float32
-        out = torch._scaled_mm(x_codes, codes.t(), scale_a=token_step, scale_b=channel_step, out_dtype=out_dtype)
-    return out[:rows]
+    chunk = max(ROW_ALIGN[mode], GEMM_ELEMENTS // max(x2d.shape[1], n) // ROW_ALIGN[mode] * ROW_ALIGN[mode])
+    for start in range(0, rows, chunk):
+        stop = min(start + chunk, rows)
+        x_codes, token_step = quantize_rows(x2d[start:stop], mode)
+        if gpu:  # cuBLAS's row rules; padded rows are zero and dropped below
+            x_codes, token_step = _pad_rows(x_codes, ROW_ALIGN[mode]), _pad_rows(token_step, ROW_ALIGN[mode])
+        if mode == "int8":
+            part = torch._int_mm(x_codes, codes.t()).float().mul_(token_step).mul_(channel_step)
+        else:  # row-wise scaled fp8 GEMMs write bf16 on CUDA; the CPU kernel writes float32 as well
+            part = torch._scaled_mm(x_codes, codes.t(), scale_a=token_step, scale_b=channel_step,
+                                    out_dtype=torch.bfloat16 if gpu else torch.float32)
+        out[start:stop] = part[: stop - start]
+    return out
 
 
 def w8a8_linear(x: torch.Tensor, codes: torch.Tensor, channel_step: torch.Tensor, bias: torch.Tensor | None,
                 mode: str) -> torch.Tensor:
     """F.linear(x, W, bias) with W = codes * channel_step in `mode`'s GEMM; returns x's dtype."""
-    out = w8a8_matmul(x.reshape(-1, x.shape[-1]), codes, channel_step, mode).to(x.dtype)
+    out = w8a8_matmul(x.reshape(-1, x.shape[-1]), codes, channel_step, mode, out_dtype=x.dtype)
     if bias is not None:
         out = out.add_(bias.to(x.dtype))
     return out.reshape(*x.shape[:-1], codes.shape[0])

@@ -76,6 +76,18 @@ def test_kernels_equal_the_dequantized_reference_at_full_width(mode, shape):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_gemm_in_row_chunks_equals_one_call(mode, monkeypatch):
+    """Rows go through the GEMM a chunk at a time (bounded scratch); an uneven last chunk included."""
+    gen = torch.Generator().manual_seed(5)
+    x, w = torch.randn(100, 64, generator=gen), torch.randn(48, 64, generator=gen)
+    stored = quantize_linear_weight(w, *STORED[mode])
+    codes, step = stored["qweight"], row_step(stored, *STORED[mode])
+    whole = w8a8_matmul(x, codes, step, mode)
+    monkeypatch.setattr(compute, "GEMM_ELEMENTS", 64 * 32)  # 32 rows per chunk: 4 chunks, the last of 4 rows
+    assert torch.equal(w8a8_matmul(x, codes, step, mode), whole)
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_activation_rows_use_their_absmax_and_zero_rows_stay_zero(mode):
     x = torch.tensor([[0.5, -2.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
     codes, step = quantize_rows(x, mode)

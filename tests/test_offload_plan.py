@@ -130,7 +130,7 @@ def test_bad_presets_give_clear_errors(tmp_path):
     bad.write_text('description = "x"\ndevice = "cuda"\nbudget = "lots"\n')
     with pytest.raises(PresetError, match="memory size"):
         parse_preset(bad)
-    bad.write_text('description = "x"\ndevice = "cuda"\nbudget = "24GB"\nquantization = "fp8"\n')
+    bad.write_text('description = "x"\ndevice = "cuda"\nbudget = "24GB"\nquantization = "fp4"\n')
     with pytest.raises(PresetError, match="quantization"):
         parse_preset(bad)
 

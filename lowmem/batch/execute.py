@@ -30,7 +30,7 @@ class BatchSettings:
     preset: Optional[str] = None
     quantization: Optional[str] = None
     resolution: int = 1024
-    spot: Union[bool, str] = False  # or "auto": decided when the pipeline is loaded (`pipe.spot`)
+    spot: Union[bool, str] = False  # or "on" / "off" / "auto": decided when the pipeline is loaded (`pipe.spot`)
     compute: str = "auto"
     guidance: float = 5.0  # the largest guidance of the jobs: planned for the CFG batch when any job needs it
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from lowmem.cli.quantize import SCHEME_CHOICES
-from lowmem.edits import COMPUTE_CHOICES, COMPUTE_HELP, add_edit_arguments, spot_request
+from lowmem.edits import COMPUTE_CHOICES, COMPUTE_HELP, add_edit_arguments
 from lowmem.errors import OutputPathError
 
 HELP = "run many edits from a JSON-lines jobs file (resumable; in this process or with --engine ray)"
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from lowmem.batch import BatchDriver, BatchSettings, Job, read_jobs  # not at the top: it imports torch
 
     settings = BatchSettings(model=args.model.resolve(), device=args.device, budget=args.budget, preset=args.preset,
-                             quantization=args.quantization, resolution=args.resolution, spot=spot_request(args.spot),
+                             quantization=args.quantization, resolution=args.resolution, spot=args.spot,
                              compute=args.compute)
     jobs = read_jobs(args.jobs, args, settings.fingerprint_context())
     guidances = [job.spec.guidance for job in jobs if isinstance(job, Job)]

@@ -17,7 +17,7 @@ from PIL import Image
 
 from lowmem import instructions
 from lowmem.common.paths import check_output_path, check_writable_folder, same_file
-from lowmem.edits import COMPUTE_CHOICES, COMPUTE_HELP, add_edit_arguments, edit_spec, instruction_from_args, spot_request
+from lowmem.edits import COMPUTE_CHOICES, COMPUTE_HELP, add_edit_arguments, edit_spec, instruction_from_args
 from lowmem.errors import OutputPathError
 from lowmem.instructions import EditInstruction
 from lowmem.tiny.scenes import HELD_OUT_SEEDS, OBJECT_NAME, EditPair, render_pair
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         half = read_dit_config(open_model_folder(model)).mm_double_blocks_depth // 2
         budget = args.budget or tiny_model_budget(default_device())
         pipe = SpatialEditPipeline.from_folder(model, memory_budget=budget, resolution=args.resolution,
-                                               spot=spot_request(args.spot), max_resident_blocks=half,
+                                               spot=args.spot, max_resident_blocks=half,
                                                guidance=args.guidance, compute=args.compute)
         print(f"\n== plan\n{pipe.offload.plan.format_table()}")
         print(f"\n== edit: {spec.instruction.text}")

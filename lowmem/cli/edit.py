@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Optional
 
 from lowmem.common.paths import check_distinct, check_output_path
 from lowmem.cli.quantize import SCHEME_CHOICES
-from lowmem.edits import COMPUTE_CHOICES, COMPUTE_HELP, add_edit_arguments, edit_spec, spot_request
+from lowmem.edits import COMPUTE_CHOICES, COMPUTE_HELP, add_edit_arguments, edit_spec
 from lowmem.errors import OutputPathError
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def edit_one(args: argparse.Namespace, spec: "EditSpec", image: "Image.Image", c
         args.budget = "auto"  # on a GPU, plan for the memory that is free instead of failing with out-of-memory
     pipe = SpatialEditPipeline.from_folder(args.model, device=device, memory_budget=args.budget, preset=args.preset,
                                            resolution=args.resolution, quantization=args.quantization,
-                                           spot=spot_request(args.spot), compute=args.compute,
+                                           spot=args.spot, compute=args.compute,
                                            guidance=1.0 if cfg else args.guidance)  # a CFG-parallel rank runs one row
     if cfg:
         pipe.cfg_strategy = cfg

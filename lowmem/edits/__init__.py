@@ -8,9 +8,7 @@ from lowmem.edits.fields import (
     add_edit_arguments,
     edit_spec,
     instruction_from_args,
-    spot_request,
 )
 from lowmem.edits.spec import EditSpec
 
-__all__ = ["COMPUTE_CHOICES", "COMPUTE_HELP", "EditSpec", "add_edit_arguments", "edit_spec", "instruction_from_args",
-           "spot_request"]
+__all__ = ["COMPUTE_CHOICES", "COMPUTE_HELP", "EditSpec", "add_edit_arguments", "edit_spec", "instruction_from_args"]

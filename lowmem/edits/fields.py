@@ -48,11 +48,6 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
                       help="grow the edited region by R tokens on every side (default: %(default)s)")
 
 
-def spot_request(value: str) -> bool | str:
-    """--spot's value as `from_folder(spot=...)` takes it: True, False or "auto"."""
-    return "auto" if value == "auto" else value == "on"
-
-
 def edit_spec(args: argparse.Namespace, instruction: Optional[EditInstruction] = None) -> EditSpec:
     """The edit the flags ask for; its instruction from the edit flags (exactly one) unless given."""
     return EditSpec(instruction if instruction is not None else instruction_from_args(args), steps=args.steps,

@@ -106,7 +106,7 @@ class SpatialEditPipeline:
         memory_budget: Optional[str | int] = None,
         preset: Optional[str] = None,
         resolution: int = 1024,
-        spot: Union[bool, str] = False,
+        spot: Union[bool, str] = False,  # or "on" / "off" / "auto"
         max_resident_blocks: Optional[int] = None,
         guidance: float = 5.0,
         compute: str = "auto",
@@ -139,8 +139,13 @@ class SpatialEditPipeline:
         compute, why = choose_compute(compute, device, hardware)
         choices = [f"compute {compute}: {why}"]
         if spot == "auto":
-            spot, spot_why = choose_spot(spot, resolution, device, hardware)
-            choices.append(f"SpotEdit {'on' if spot else 'off'}: {spot_why}")
+            from lowmem.models.dit_loading import read_dit_config
+
+            spot, spot_why = choose_spot(spot, resolution, preset=hardware, compute=compute, device=device,
+                                         config=read_dit_config(folder))
+            choices.append(spot_why)
+        else:
+            spot = choose_spot(spot, resolution)[0]  # True / False, or "on" / "off"
         if memory_budget == "auto":
             from lowmem.common.machine import available_memory
 

@@ -36,6 +36,8 @@ import torch
 from lowmem.models.dit import SpatialEditDiT, build_dit
 from lowmem.models.dit_config import DiTConfig
 from lowmem.planning.live_bytes import LiveBytes, trace_peak
+from quantize.plan import swap_default_linears, use_compute
+from quantize.schemes import SCHEMES
 
 META = torch.device("meta")
 TRACED_DIT_DEPTH = 2
@@ -82,13 +84,9 @@ def traced_dit(config: DiTConfig, precision: str, dtype: torch.dtype, depth: int
 @lru_cache(maxsize=16)
 def _traced_dit(config: DiTConfig, precision: str, dtype: torch.dtype, depth: int, compute: str) -> SpatialEditDiT:
     model = build_dit(replace(config, mm_double_blocks_depth=depth), device=META, dtype=dtype)
-    if precision in ("int8", "nf4"):
-        from quantize.plan import swap_default_linears
-
+    if precision in SCHEMES:
         swap_default_linears(model, "dit", precision)
     if compute != "bf16":
-        from quantize.plan import use_compute
-
         use_compute(model, compute, "dit")
     return model
 
