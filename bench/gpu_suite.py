@@ -61,6 +61,7 @@ from lowmem.planning import load_preset, time_model
 from lowmem.planning.preflight import DTYPE_PRECISION
 from lowmem.planning.presets import Preset
 from lowmem.spotedit import SpotConfig
+from quantize.plan import use_compute
 from quantize.schemes import SCHEMES
 
 PRESET = "rtx4090-24gb"
@@ -77,16 +78,20 @@ class Case:
     precision: str
     spot: bool
     capped: bool = True  # on the emulated card (on the CPU: streamed from disk); else all resident, no cap
+    compute: str = "bf16"  # the DiT's GEMM mode (quantize.compute); int8 / fp8 read their own scheme's codes
 
     @property
     def name(self) -> str:
         spot = " + SpotEdit" if self.spot else ""
-        return f"{self.precision}{spot}, {'capped' if self.capped else 'all resident, uncapped'}"
+        gemm = f" ({self.compute} W8A8)" if self.compute != "bf16" else ""
+        return f"{self.precision}{gemm}{spot}, {'capped' if self.capped else 'all resident, uncapped'}"
 
 
 # Most telling first, so that a time limit drops the least: the 24 GB default (nf4 + SpotEdit), the
-# reference, bf16 streamed, then the rest.
-CASES = [Case("nf4", True), Case("nf4", False), Case("bf16", False, capped=False), Case("bf16", False),
+# reference, the W8A8 modes the plan's auto picks on a 4090 (int8) and an H100 (int8 = fp8 peaks),
+# bf16 streamed, then the rest.
+CASES = [Case("nf4", True), Case("nf4", False), Case("bf16", False, capped=False),
+         Case("int8", True, compute="int8"), Case("fp8", True, compute="fp8"), Case("bf16", False),
          Case("bf16", True), Case("int8", False), Case("int8", True)]
 
 
@@ -187,13 +192,14 @@ def measure(case: Case, setup: Setup, row: dict) -> None:
     """Build the case's models on the device, plan, run two edits; results go into `row`."""
     device, dtype = setup.device, setup.dtype
     dit = random_dit(setup.sizes.dit, case.precision, dtype)
+    use_compute(dit, case.compute)
     conditioner = random_conditioner(setup.sizes, setup.folder, case.precision, device, dtype)
     vae = random_vae(setup.sizes, device)
     budget, preset, most_resident = planning_budget(case, setup)
     # What the weights really are, as the loader tells the planner: unquantized ones in the compute dtype.
     precision = case.precision if case.precision in SCHEMES else DTYPE_PRECISION[dtype]
     plan = plan_models(dit, vae, conditioner, device, budget, preset, setup.resolution, precision, case.spot,
-                       most_resident, GUIDANCE)
+                       most_resident, GUIDANCE, case.compute)
     row.update(plan=plan.summary(), resident_blocks=len(plan.dit.resident_blocks), blocks=plan.dit.num_blocks,
                planned={phase: plan.estimate.phase_total(phase) for phase in PHASES if phase in plan.estimate.phases},
                planned_streamed_per_step=plan.dit.streamed_bytes_per_step)
@@ -201,7 +207,7 @@ def measure(case: Case, setup: Setup, row: dict) -> None:
     fill_dit_outside_blocks(dit, device, dtype)
     for index in plan.dit.resident_blocks:
         fill(index, dit.double_blocks[index])
-    pipe = SpatialEditPipeline(dit, vae, conditioner, device, dtype)
+    pipe = SpatialEditPipeline(dit, vae, conditioner, device, dtype, case.compute)
     pipe.offload = MeasuredRuntime(plan, dit, vae, conditioner, device, block_source=fill)
     del dit, vae, conditioner
     try:
@@ -256,7 +262,8 @@ def judge(row: dict, setup: Setup) -> None:
 
 def run_case(case: Case, setup: Setup) -> dict:
     """One case, measured; one that fails is recorded with its reason and the suite goes on."""
-    row = {"case": case.name, "precision": case.precision, "spot": case.spot, "capped": case.capped}
+    row = {"case": case.name, "precision": case.precision, "spot": case.spot, "capped": case.capped,
+           "compute": case.compute}
     started = time.perf_counter()
     try:
         compact(setup)
