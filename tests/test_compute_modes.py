@@ -172,3 +172,22 @@ def test_w8a8_linear_adds_the_bias_in_the_activation_dtype():
     assert relative(out, F.linear(x.float(), linear.weight.float(), linear.bias.float())) < DENSE_BOUND["int8"]
     codes, step = quantize_rows(linear.weight, "int8")
     assert relative(out, w8a8_linear(x, codes, step, linear.bias, "int8")) == 0.0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("rows", [5, 48, 333])  # under cuBLAS's 17-row minimum, aligned, and not
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_kernels_equal_the_reference(mode, rows):
+    device = torch.device("cuda")
+    if mode not in supported_modes(device):
+        pytest.skip(f"{mode} needs a newer card than {torch.cuda.get_device_name(device)}")
+    gen = torch.Generator(device).manual_seed(rows)
+    x = torch.randn(rows, 4096, generator=gen, device=device, dtype=torch.bfloat16)
+    w = torch.randn(1024, 4096, generator=gen, device=device) * 0.02
+    stored = quantize_linear_weight(w, *STORED[mode])
+    codes, step = stored["qweight"], row_step(stored, *STORED[mode])
+    got = w8a8_linear(x, codes, step, None, mode)
+    assert got.dtype == torch.bfloat16 and got.shape == (rows, 1024)
+    assert relative(got, reference_linear(x, codes, step, mode)) < 1e-2  # the bf16 output's rounding
+    assert relative(got, x.float() @ w.t()) < DENSE_BOUND[mode]
