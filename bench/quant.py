@@ -40,7 +40,7 @@ from lowmem.models.layout import open_model_folder
 from lowmem.pipeline import SpatialEditPipeline
 from lowmem.tiny.random_model import write_tiny_model
 from quantize import convert, read_manifest
-from quantize.schemes import (BACKENDS, DEFAULT_BACKEND_BY_DEVICE, GROUP_SIZE, SCHEMES, dequantize, quantize_linear_weight,
+from quantize.schemes import (DEFAULT_BACKEND_BY_DEVICE, GROUP_SIZE, SCHEME_BACKENDS, SCHEMES, dequantize, quantize_linear_weight,
                               weight_error)
 
 MEDIUM = DiTConfig(hidden_size=512, heads_num=4, mm_double_blocks_depth=4, text_states_dim=64, rope_dim_list=(16, 56, 56))
@@ -124,7 +124,7 @@ def kernels(device: torch.device, shape: tuple[int, int], tokens: tuple[int, ...
         for m in tokens:
             add(f"dense/{dt}/{m}", lambda x=inputs[(dt, m)], w=dense: torch.nn.functional.linear(x, w))
     for scheme in SCHEMES:
-        for backend in BACKENDS:
+        for backend in SCHEME_BACKENDS[scheme]:
             stored = {k: v.to(device) for k, v in quantize_linear_weight(weight, scheme, backend).items()}
             err = weight_error(weight, dequantize(stored, shape, scheme, backend, torch.float32))[0]
             for dt in dtypes:
@@ -160,7 +160,7 @@ def choose_defaults(rows: list[dict]) -> dict[str, str]:
     best-of-N timings of equal kernels still differ by 10-20%."""
     chosen = {}
     for scheme in SCHEMES:
-        per_backend = {b: [r for r in rows if r["scheme"] == scheme and r["backend"] == b] for b in BACKENDS}
+        per_backend = {b: [r for r in rows if r["scheme"] == scheme and r["backend"] == b] for b in SCHEME_BACKENDS[scheme]}
         floor = min(rs[0]["weight_rel_err"] for rs in per_backend.values())
         best, best_ms = None, math.inf
         for backend, rs in per_backend.items():
@@ -191,7 +191,7 @@ def run(fast: bool, workdir: Path) -> dict:
     del ref_dit
 
     for scheme in SCHEMES:
-        for backend in BACKENDS:
+        for backend in SCHEME_BACKENDS[scheme]:
             out = workdir / f"{scheme}-{backend}"
             start = time.perf_counter()
             convert(source, out, scheme, backend, components=("dit",) if fast else ("dit", "vlm"), progress=False, print_table=False)

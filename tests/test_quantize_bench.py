@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from quantize.schemes import SCHEME_BACKENDS, SCHEMES
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -19,15 +21,15 @@ def test_bench_quant_fast(tmp_path):
     result = json.loads(out.read_text())
     kernels = result["kernels"]
     assert {(r["scheme"], r["backend"], r["dtype"]) for r in kernels["rows"]} == {
-        (s, b, d) for s in ("int8", "nf4") for b in ("bnb", "quanto") for d in ("float32", "bfloat16")}
+        (s, b, d) for s in SCHEMES for b in SCHEME_BACKENDS[s] for d in ("float32", "bfloat16")}
     for r in kernels["rows"]:
         assert r["dequant_ms"] > 0 and set(r["matmul_ms"]) == set(r["dense_ms"]) == {str(m) for m in kernels["tokens"]}
         assert bool(r["fused_ms"]) == (r["scheme"] == "int8") and (r["library_ms"] is not None) == (r["backend"] == "bnb")
-    assert set(kernels["defaults"]) == {"int8", "nf4"}
+    assert set(kernels["defaults"]) == set(SCHEMES) and kernels["defaults"]["fp8"] == "quanto"
     rows = {r["variant"]: r for r in result["model"]["rows"]}
-    assert set(rows) == {"bf16", "int8/bnb", "int8/quanto", "nf4/bnb", "nf4/quanto"}
-    for scheme in ("int8", "nf4"):
-        for backend in ("bnb", "quanto"):
+    assert set(rows) == {"bf16", "int8/bnb", "int8/quanto", "fp8/quanto", "nf4/bnb", "nf4/quanto"}
+    for scheme in SCHEMES:
+        for backend in SCHEME_BACKENDS[scheme]:
             r = rows[f"{scheme}/{backend}"]
             assert r["dit_bytes"] < rows["bf16"]["dit_bytes"] and r["psnr_db"] > 20
     assert rows["int8/bnb"]["velocity_rel_err"] < rows["nf4/bnb"]["velocity_rel_err"]

@@ -255,11 +255,11 @@ def format_modes(rows: list[ModeTime], preset: Preset, auto: str | None = None, 
         return ""
     first = rows[0]
     schedule = f"{first.full_steps} full" + (f", {first.spot_steps} spot" if first.spot_steps else "")
-    table = [("compute", "dense peak", "full step", f"denoise {first.count} steps ({schedule})", "")]
+    table = [("compute", "dense peak", "full step", f"denoise {first.count} steps ({schedule})")]
     for r in rows:
         marks = (["auto picks this"] if r.mode == auto else []) + (["this plan"] if r.mode == chosen != auto else [])
         table.append((r.mode, _peak_text(r.mode, r.peak).rsplit(" ", 1)[0], f"{r.full_step_s:.2f} s",
-                      f"{r.denoise_s:.1f} s", ("<- " + ", ".join(marks)) if marks else ""))
+                      f"{r.denoise_s:.1f} s" + (("  <- " + ", ".join(marks)) if marks else "")))
     lines = [(f"compute modes on {preset.name}, on this plan's placement (peaks x {preset.sustained:g} sustained; "
               "fp8/int8: the GEMMs' rate only, not their quantization traffic)")]
     lines += _table(table)
