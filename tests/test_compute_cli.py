@@ -89,3 +89,9 @@ def test_python_api_takes_a_compute_mode(tiny_model, scene):
         assert pipe.compute == "int8" and pipe.choices == ["compute int8: int8, as asked"]
         result = pipe.edit(scene, "rotate the cube to the left", steps=1, resolution=64, progress=False)
     assert result.report.compute == "int8" and result.image.size == (64, 64)
+
+
+def test_doctor_names_the_compute_modes_of_this_machine():
+    from lowmem.cli import doctor
+
+    assert doctor.compute_modes("cpu") == {"runs": ["bf16", "fp8", "int8"], "auto": "bf16"}

@@ -143,7 +143,12 @@ def test_w8a8_traces_hold_the_int32_accumulator_and_plans_record_their_mode():
     plan = plan_for(FULL_DIT_CONFIG, preset="rtx4090-24gb", compute="int8")
     base = plan_for(FULL_DIT_CONFIG, preset="rtx4090-24gb")
     assert (plan.compute, base.compute) == ("int8", "bf16")
-    assert plan.estimate.traced["denoise"]["dit forward"] > base.estimate.traced["denoise"]["dit forward"]
+    # At full size the GEMMs work GEMM_ELEMENTS at a time (codes, int32 product, float32 rescale: under
+    # 16 bytes each), so W8A8 adds at most that much scratch to the bf16 forward's peak.
+    from quantize.compute import GEMM_ELEMENTS
+
+    w8a8, dense = plan.estimate.traced["denoise"]["dit forward"], base.estimate.traced["denoise"]["dit forward"]
+    assert dense <= w8a8 <= dense + 16 * GEMM_ELEMENTS
     with pytest.raises(BudgetError, match="choose_compute"):
         plan_for(FULL_DIT_CONFIG, preset="rtx4090-24gb", compute="auto")
 

@@ -54,6 +54,14 @@ def recommendation(rows: list[dict]) -> str:
     return "nothing fits at this resolution: lower --resolution, or add memory"
 
 
+def compute_modes(device: str) -> dict:
+    """The GEMM modes this machine's compute device runs, and the one `--compute auto` takes there."""
+    from lowmem.planning.compute_choice import choose_compute
+    from quantize.compute import supported_modes
+
+    return {"runs": list(supported_modes(device)), "auto": choose_compute("auto", device)[0]}
+
+
 def run(args: argparse.Namespace) -> int:
     if args.json:
         check_output_path(args.json, args.overwrite)
@@ -68,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"host RAM   {format_bytes(machine.host_ram_bytes)} total, {format_bytes(machine.host_available_bytes)} available")
     print(f"disk free  {format_bytes(machine.disk_free_bytes)} (a quantized model folder needs about 17 GB in nf4, 27 GB in int8 or fp8)")
     print("libraries  " + ", ".join(f"{k} {v}" for k, v in machine.versions.items()))
+    compute = compute_modes("cuda" if machine.has_gpu else "cpu")
+    print(f"compute    {', '.join(compute['runs'])} (--compute auto: {compute['auto']})")
     rows = fitting_plans(machine, args.resolution)
     print(f"\nSpatialEdit-16B at {args.resolution}x{args.resolution} on this machine:")
     for row in rows:
@@ -75,5 +85,6 @@ def run(args: argparse.Namespace) -> int:
     advice = recommendation(rows)
     print(f"\nrecommendation: {advice}")
     if args.json:
-        write_text_atomic(args.json, json.dumps({"machine": machine.to_dict(), "plans": rows, "recommendation": advice}, indent=2))
+        write_text_atomic(args.json, json.dumps({"machine": machine.to_dict(), "compute": compute, "plans": rows,
+                                                 "recommendation": advice}, indent=2))
     return 0
