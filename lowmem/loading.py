@@ -231,7 +231,6 @@ class ModelLoader:
         check_requested_scheme(folder, quantization)
         self.folder, self.device, self.dtype, self.quantization = folder, torch.device(device), dtype, quantization
         self.dit, self.fill = dit_parts(folder, self.device, dtype, quantization)
-        self.compute = compute
         use_compute(self.dit, compute)  # before any weight is read: a dense Linear becomes a W8A8Linear on meta
 
     def resident_dit(self) -> SpatialEditDiT:

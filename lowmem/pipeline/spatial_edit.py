@@ -114,12 +114,13 @@ class SpatialEditPipeline:
         """Load every component of a SpatialEdit model folder, resident on `device`.
 
         A `lowmem quantize` folder (it has manifest.json) loads its quantized weights; with an
-        original folder, `quantization="int8"|"nf4"` quantizes the DiT and Qwen3-VL decoder while loading.
-        With `memory_budget` (e.g. "24GB", or "auto": what is free on the device now) or a hardware
+        original folder, `quantization="int8"|"fp8"|"nf4"` quantizes the DiT and Qwen3-VL decoder while
+        loading. With `memory_budget` (e.g. "24GB", or "auto": what is free on the device now) or a hardware
         `preset`, the planner decides what stays on the device for edits at `resolution` (with SpotEdit
-        caches when `spot`; "auto": where the time model says SpotEdit pays, kept as `pipe.spot`), keeping at most `max_resident_blocks` DiT blocks resident when given; the
+        caches when `spot`), keeping at most `max_resident_blocks` DiT blocks resident when given; the
         rest streams; planned for edits at `guidance` (at 1 or less the DiT runs one row per forward, not the
-        CFG batch of two). Without either, everything is loaded resident.
+        CFG batch of two). Without either, everything is loaded resident. `spot` is True / "on", False /
+        "off", or "auto": on where the time model says SpotEdit pays; the answer is `pipe.spot`.
 
         `compute` is the GEMM of the DiT's large Linears: "bf16", "fp8" or "int8" (W8A8, `quantize.compute`),
         or "auto": the fastest the device runs (int8 on CUDA sm_80+, bf16 on the CPU, where W8A8 is slower).
@@ -199,8 +200,7 @@ class SpatialEditPipeline:
         fit = fit_bucket(*source.size, base_size=resolution)
         source = instruction.prepare_image(fit.apply(source), fit)  # a box is in the input's pixels: mapped as the image
         report = RunReport(device=str(self.device), dtype=str(self.dtype).removeprefix("torch."), compute=self.compute,
-                           width=source.width,
-                           height=source.height, steps=steps, guidance=guidance, seed=seed)
+                           width=source.width, height=source.height, steps=steps, guidance=guidance, seed=seed)
         report.extra["input"] = fit.describe()
         generator = torch.Generator("cpu").manual_seed(seed)
 
