@@ -20,6 +20,7 @@ from lowmem.planning import load_preset, plan_for
 from lowmem.planning import phase_peaks as peaks
 from lowmem.planning import time_model as tm
 from lowmem.planning.compute_choice import (
+    CPU_INT8_MIN_WIDTH,
     SPOT_MIN_RESOLUTION,
     choose_compute,
     choose_spot,
@@ -150,9 +151,13 @@ def test_auto_uses_a_presets_rates(monkeypatch, rtx4090):
     assert choose_compute("auto", "cuda", fast_fp8)[0] == "int8"
 
 
-def test_auto_is_bf16_on_the_cpu_and_on_meta_without_figures(rtx4090):
-    assert choose_compute("auto", "cpu")[0] == "bf16"
-    assert choose_compute("auto", "cpu", rtx4090)[0] == "bf16"  # the CPU's speed, not the preset's card
+def test_auto_on_the_cpu_follows_the_dit_width_and_is_bf16_on_meta_without_figures(rtx4090):
+    assert choose_compute("auto", "cpu")[0] == "bf16"  # width unknown: the dense GEMM
+    assert choose_compute("auto", "cpu", width=64)[0] == "bf16"  # the tiny models: int8's per-call cost dominates
+    assert CPU_INT8_MIN_WIDTH == 256
+    mode, why = choose_compute("auto", "cpu", rtx4090, width=4096)  # the CPU's speed, not the preset's card
+    assert mode == "int8" and "4096-wide" in why
+    assert choose_compute("auto", "cpu", width=255)[0] == "bf16" and choose_compute("auto", "cpu", width=256)[0] == "int8"
     mode, why = choose_compute("auto", "meta")
     assert mode == "bf16" and "device figures" in why
     assert choose_compute("auto", "meta", load_preset("cpu-16gb"))[0] == "bf16"

@@ -55,11 +55,14 @@ def recommendation(rows: list[dict]) -> str:
 
 
 def compute_modes(device: str) -> dict:
-    """The GEMM modes this machine's compute device runs, and the one `--compute auto` takes there."""
+    """The GEMM modes this machine's compute device runs, and the one `--compute auto` takes there for
+    SpatialEdit-16B."""
+    from lowmem.models.dit_config import FULL_DIT_CONFIG
     from lowmem.planning.compute_choice import choose_compute
     from quantize.compute import supported_modes
 
-    return {"runs": list(supported_modes(device)), "auto": choose_compute("auto", device)[0]}
+    return {"runs": list(supported_modes(device)),
+            "auto": choose_compute("auto", device, width=FULL_DIT_CONFIG.hidden_size)[0]}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
     # Nothing runs here: a GPU is planned for on meta (its modes are the preset's), the CPU as itself.
     cpu = (args.device or (preset.device if preset else "cuda")) == "cpu"
     where = "cpu" if cpu else "meta"
-    compute, why = choose_compute(args.compute, where, preset)
-    auto = compute if args.compute == "auto" else choose_compute("auto", where, preset)[0]
+    compute, why = choose_compute(args.compute, where, preset, config.hidden_size)
+    auto = compute if args.compute == "auto" else choose_compute("auto", where, preset, config.hidden_size)[0]
     plan = plan_for(model, args.budget, args.resolution, args.quantization, args.spot, preset=preset,
                     device=args.device, host_ram=args.host_ram, guidance=args.guidance, compute=compute)
     timed = time_model.has_device_figures(preset) and plan.device == "cuda"

@@ -17,7 +17,8 @@ from lowmem.instructions import EditInstruction
 SPOT_CHOICES = ("on", "off", "auto")
 COMPUTE_CHOICES = ("auto", "bf16", "fp8", "int8")  # quantize.compute.COMPUTE_MODES and auto (no torch import here)
 COMPUTE_HELP = ("GEMM of the DiT's large Linears: bf16, or W8A8 fp8 (CUDA sm_89+) / int8 (CUDA sm_80+, the CPU) "
-                "with per-token activation scales; auto: the fastest the device runs (default: %(default)s)")
+                "with per-token activation scales; auto: the fastest the device runs, as measured per device and "
+                "DiT width (default: %(default)s)")
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(EditSpec) if field.name != "instruction"}
 
 

@@ -123,7 +123,8 @@ class SpatialEditPipeline:
         "off", or "auto": on where the time model says SpotEdit pays; the answer is `pipe.spot`.
 
         `compute` is the GEMM of the DiT's large Linears: "bf16", "fp8" or "int8" (W8A8, `quantize.compute`),
-        or "auto": the fastest the device runs (int8 on CUDA sm_80+, bf16 on the CPU, where W8A8 is slower).
+        or "auto": the fastest the device runs (int8 on CUDA sm_80+; on the CPU int8 for a DiT at least
+        256 wide, the dense GEMM for narrower ones, where W8A8's per-call quantization costs more).
         """
         validation.resolution(resolution)
         if memory_budget is not None and memory_budget != "auto":
@@ -133,17 +134,17 @@ class SpatialEditPipeline:
         folder = open_model_folder(model)
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
+        from lowmem.models.dit_loading import read_dit_config
         from lowmem.planning.compute_choice import choose_compute, choose_spot
         from lowmem.planning.presets import load_preset
 
         hardware = load_preset(preset) if preset is not None else None
-        compute, why = choose_compute(compute, device, hardware)
+        config = read_dit_config(folder)
+        compute, why = choose_compute(compute, device, hardware, config.hidden_size)
         choices = [f"compute {compute}: {why}"]
         if spot == "auto":
-            from lowmem.models.dit_loading import read_dit_config
-
             spot, spot_why = choose_spot(spot, resolution, preset=hardware, compute=compute, device=device,
-                                         config=read_dit_config(folder))
+                                         config=config)
             choices.append(spot_why)
         else:
             spot = choose_spot(spot, resolution)[0]  # True / False, or "on" / "off"

@@ -5,8 +5,10 @@ own figures when it has them (`fp8_tflops`, `int8_tops` beside `bf16_tflops`), e
 bf16 that the card's CUDA capability gives (`CAPABILITY_SPEEDUP`). A tie goes to int8, whose
 per-channel x per-token numerics are the more accurate here (a W8A8 product on a random 4096-wide
 layer: relative error 0.012 in int8, 0.037 in fp8 e4m3), and between a W8A8 mode and bf16 to bf16.
-On the CPU (and on `meta` without a preset) auto is bf16: the int8 product runs ~2.3x slower than
-bf16 on this project's CPUs (oneDNN), so the CPU proves the numerics and the speed is the GPU's.
+On the CPU auto is int8 for a DiT at least `CPU_INT8_MIN_WIDTH` wide, where oneDNN's int8 GEMM beats
+the float32 one the CPU pipeline runs, and the dense path (bf16 mode: the pipeline's own dtype) for
+narrower ones, the tiny test models among them; fp8 is never auto there (4-8x slower than float32).
+On `meta` without a preset auto is bf16.
 
 `choose_spot` resolves `auto` for SpotEdit. A FLOP count says SpotEdit pays at every size, but its
 per-step overheads (the selector, cache bookkeeping, host-side selection) do not shrink with the
@@ -43,6 +45,13 @@ CAPABILITY_SPEEDUP: dict[tuple[int, int], dict[str, float]] = {
     (8, 9): {"fp8": 2.0, "int8": 4.0},
     (9, 0): {"fp8": 2.0, "int8": 2.0},
 }
+# On the CPU, int8 W8A8 (activations quantized per call included) against F.linear in float32, the
+# CPU pipeline's dtype, on (4d, d) weights, best of 5, 2 threads of this project's CPU:
+#     d = 64: 0.19x (32 tokens) 0.65x (512)    d = 256: 1.00x 1.67x    d = 512: 1.94x 2.63x
+#     d = 1024: 2.69x 3.78x                     d = 2048: 3.89x 3.89x   full DiT shapes (4096): 3.5-4.1x
+# so from a 256-wide DiT on int8 is at least as fast; below, the per-call quantization dominates.
+CPU_INT8_MIN_WIDTH = 256
+
 # Who wins a tie of peak rates: bf16 over a W8A8 mode (exact), int8 over fp8 (more accurate).
 TIE_ORDER = {"bf16": 2, "int8": 1, "fp8": 0}
 
@@ -75,12 +84,13 @@ def _capability_speedups(device: torch.device) -> dict[str, float]:
 
 
 def choose_compute(requested: str, device: torch.device | str,
-                   preset: Preset | None = None) -> tuple[str, str]:
+                   preset: Preset | None = None, width: int | None = None) -> tuple[str, str]:
     """(mode, one-line reason): `requested` (auto | bf16 | fp8 | int8) resolved for `device`.
 
     The modes on offer are those `device` runs (`quantize.compute.supported_modes`; `meta` runs all),
     and, when `preset` has device figures, only those its card has a peak for. An explicit mode not
-    on offer raises LowmemError naming the device, what it runs and `--compute auto`."""
+    on offer raises LowmemError naming the device, what it runs and `--compute auto`. `width` (the
+    DiT's hidden size) decides auto on the CPU (`CPU_INT8_MIN_WIDTH`)."""
     device = torch.device(device)
     if requested != "auto":
         check_mode(requested)
@@ -95,8 +105,12 @@ def choose_compute(requested: str, device: torch.device | str,
                               "use --compute auto (or one of those)")
         return requested, f"{requested}, as asked"
     if device.type == "cpu":
-        return "bf16", ("bf16: auto computes in bf16 on the CPU (int8 W8A8 measured ~2.3x slower than bf16 there; "
-                        "W8A8 pays on a GPU's tensor cores)")
+        if width is not None and width >= CPU_INT8_MIN_WIDTH and "int8" in offered:
+            return "int8", (f"int8: auto takes int8 W8A8 on the CPU for a {width}-wide DiT (measured 1.7-4x faster "
+                            f"than float32 from {CPU_INT8_MIN_WIDTH} wide)")
+        narrow = f"a {width}-wide DiT" if width is not None else "a DiT of unknown width"
+        return "bf16", (f"bf16: auto keeps the dense GEMM (the pipeline's dtype) on the CPU for {narrow}: int8 W8A8 "
+                        f"pays there only from {CPU_INT8_MIN_WIDTH} wide")
     if device.type == "meta" and not rates:
         return "bf16", ("bf16: auto plans bf16 without a card to run on (no preset with device figures); "
                         "--compute fp8 / int8 plans a W8A8 mode")

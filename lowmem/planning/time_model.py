@@ -25,10 +25,10 @@ activation quantization (absmax, a float32 copy, divide, round, clamp, the codes
 `quantize.compute.quantize_rows`' chunks), the epilogue that scales the int32 / fp8 product back
 (int32 -> float32 -> two multiplies -> bf16) and the weight's re-quantization on every call where the
 stored scheme is not the mode's own (a bf16 or nf4 DiT run in int8 or fp8; an int8 folder in int8
-reads its codes as stored). Counted on meta (every non-view op's inputs and outputs, nf4 DiT, CFG
-batch 2 at 1024²) that is ~2.6 TB (int8) / ~1.6 TB (fp8) per full step more than bf16 moves: ~2.5 s /
-~1.6 s at an RTX 4090's ~1 TB/s, as long as the int8 GEMMs themselves, unless those kernels are
-fused. The W8A8 rows are a bound on what the tensor cores allow, not a prediction of the eager path.
+reads its codes as stored). Counted on meta (every non-view op's inputs and outputs, CFG batch 2 at
+1024²) that is, per full step, more than bf16 moves: int8 ~2.6 TB on an nf4 DiT (re-quantized per
+call) and ~1.8 TB on an int8 one (codes as stored); fp8 ~1.6 TB on nf4, ~1.0 TB on fp8. At an RTX
+4090's ~1 TB/s that is 1-2.5 s, as long as the int8 GEMMs themselves, unless those kernels are fused. The W8A8 rows are a bound on what the tensor cores allow, not a prediction of the eager path.
 """
 
 from __future__ import annotations
