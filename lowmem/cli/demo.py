@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         pipe = SpatialEditPipeline.from_folder(model, memory_budget=budget, resolution=args.resolution,
                                                spot=args.spot, max_resident_blocks=half,
                                                guidance=args.guidance, compute=args.compute)
-        print(f"\n== plan\n{pipe.offload.plan.format_table()}")
+        print("\n".join(["", "== plan", *pipe.choices, pipe.offload.plan.format_table()]))
         print(f"\n== edit: {spec.instruction.text}")
         result = pipe.edit(image, spec.instruction, steps=spec.steps, guidance=spec.guidance, seed=spec.seed,
                            resolution=args.resolution, spot=spec.spot_config(pipe.spot))

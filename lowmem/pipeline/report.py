@@ -78,7 +78,8 @@ class RunReport:
         return json.dumps(self.to_dict(), indent=2, default=str)
 
     def format(self) -> str:
-        lines = [f"edit {self.width}x{self.height}, {self.steps} steps, guidance {self.guidance:g}, seed {self.seed} on {self.device} ({self.dtype})"]
+        lines = [f"edit {self.width}x{self.height}, {self.steps} steps, guidance {self.guidance:g}, seed {self.seed} on {self.device} ({self.dtype}"
+                 + (f", {self.compute} W8A8 GEMMs" if self.compute != "bf16" else "") + ")"]
         for name, seconds in self.phase_seconds.items():
             peak = self.phase_peak_allocated.get(name)
             memory = f"   peak {peak / 2**30:.2f} GiB (held {self.phase_peak_reserved[name] / 2**30:.2f})" if peak else ""
