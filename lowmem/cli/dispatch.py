@@ -23,8 +23,8 @@ from typing import Iterator, Optional, Sequence
 from lowmem.errors import LowmemError
 
 COMMANDS = {  # name -> module in lowmem.cli
-    "edit": "edit", "batch": "batch", "demo": "demo", "plan": "plan", "quantize": "quantize", "doctor": "doctor", "import": "import_official",
-    "train-tiny": "train_tiny",
+    "edit": "edit", "batch": "batch", "demo": "demo", "plan": "plan", "quantize": "quantize", "doctor": "doctor",
+    "download": "download", "import": "import_official", "train-tiny": "train_tiny",
 }
 
 
@@ -86,6 +86,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser(chosen_command(argv)).parse_args(argv)
     try:
         with sigterm_raises():
+            if getattr(args, "model", None) is not None:  # every command's --model (or MODEL) may be a Hub id
+                from lowmem.hub.models import resolve_model
+
+                args.model = resolve_model(args.model)
             return command_module(args.command).run(args) or 0
     except LowmemError as exc:
         print(f"error: {exc}", file=sys.stderr)

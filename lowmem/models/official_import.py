@@ -118,9 +118,11 @@ def merged_tensors(state: dict[str, torch.Tensor], lora: Optional[LoRA], expecte
         yield name, tensor.contiguous()
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Hard-link when on the same file system (no second copy on disk), else copy."""
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link when on the same file system (no second copy on disk), else copy. A symlink (a
+    Hugging Face cache snapshot's files are links to its blobs) is followed to the file it names."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    source = Path(source).resolve()
     try:
         os.link(source, target)
     except OSError:
@@ -175,10 +177,10 @@ def import_official(
             weight_map.update({n: final.name for n in shard})
         total_bytes = sum(t.numel() * t.element_size() for t in state.values())
         (transformer / DIT_INDEX).write_text(json.dumps({"metadata": {"total_size": total_bytes}, "weight_map": weight_map}, indent=2))
-        _link_or_copy(Path(vae), staging / "vae" / "Wan2.1_VAE.pth")
+        link_or_copy(Path(vae), staging / "vae" / "Wan2.1_VAE.pth")
         for file in sorted(Path(text_encoder).rglob("*")):
             if file.is_file():
-                _link_or_copy(file, staging / "text_encoder" / file.relative_to(text_encoder))
+                link_or_copy(file, staging / "text_encoder" / file.relative_to(text_encoder))
         open_model_folder(staging)  # the result must read back as a model folder
     return out
 

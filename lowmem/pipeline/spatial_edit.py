@@ -131,7 +131,9 @@ class SpatialEditPipeline:
             from lowmem.offload import parse_bytes
 
             parse_bytes(memory_budget)  # 0, "" or False are refused, not taken as "no budget"
-        folder = open_model_folder(model)
+        from lowmem.hub.models import resolve_model
+
+        folder = open_model_folder(resolve_model(model))  # a folder, or a Hub id `lowmem download` fetched
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
         from lowmem.models.dit_loading import read_dit_config

@@ -1,0 +1,163 @@
+"""`lowmem download` (issue 26) through the real huggingface_hub code, offline, from a Hub cache the
+tests write in the exact layout huggingface_hub keeps (`models--org--name/blobs`, `snapshots/<commit>`
+links, `refs/main`), holding the tiny model in the release's file layout."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lowmem.cli import main
+from lowmem.hub.release import QWEN_REPO, RELEASE_REPO, WAN_REPO, ReleaseLayoutError, find_release_files
+from lowmem.models.dit_config import TINY_DIT_CONFIG
+from lowmem.tiny.random_model import tiny_dit_state_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITS = {RELEASE_REPO: "1" * 40, QWEN_REPO: "2" * 40, WAN_REPO: "3" * 40}
+
+
+def put_repo(cache: Path, repo: str, files: dict[str, bytes]) -> None:
+    """One repository as huggingface_hub caches it: content-addressed blobs, a snapshot of links, a ref."""
+    commit = COMMITS[repo]
+    root = cache / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    for name, data in files.items():
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = root / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(blob, link.parent), link)
+
+
+def release_files(tmp: Path) -> dict[str, bytes]:
+    """The tiny DiT as the official release ships it: CKPT_PT.pth ({"model": state}) and a PEFT LoRA folder."""
+    state = tiny_dit_state_dict()
+    torch.save({"model": state}, tmp / "dit.pth")
+    g = torch.Generator().manual_seed(3)
+    out_f, in_f = state["double_blocks.0.img_attn_qkv.weight"].shape
+    save_file({"base_model.model.double_blocks.0.img_attn_qkv.lora_A.weight": torch.randn(4, in_f, generator=g) * 0.1,
+               "base_model.model.double_blocks.0.img_attn_qkv.lora_B.weight": torch.randn(out_f, 4, generator=g) * 0.1},
+              tmp / "adapter.safetensors")
+    return {"CKPT_PT.pth": (tmp / "dit.pth").read_bytes(),
+            "CKPT_CT_lora/adapter_config.json": json.dumps({"r": 4, "lora_alpha": 8}).encode(),
+            "CKPT_CT_lora/adapter_model.safetensors": (tmp / "adapter.safetensors").read_bytes(),
+            "config.json": TINY_DIT_CONFIG.to_json().encode(), "README.md": b"# SpatialEdit\n"}
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("hub")
+    cache = tmp / "hub-cache"
+    put_repo(cache, RELEASE_REPO, release_files(tmp))
+    text_encoder = tiny_model / "text_encoder"
+    put_repo(cache, QWEN_REPO, {**{p.name: p.read_bytes() for p in text_encoder.iterdir() if p.is_file()},
+                                "README.md": b"# Qwen3-VL\n"})
+    put_repo(cache, WAN_REPO, {"Wan2.1_VAE.pth": (tiny_model / "vae" / "Wan2.1_VAE.pth").read_bytes(),
+                               "README.md": b"# Wan2.1\n"})
+    return cache
+
+
+@pytest.fixture
+def offline_hub(hub_cache: Path, tmp_path: Path, monkeypatch) -> Path:
+    """huggingface_hub reading `hub_cache` with HF_HUB_OFFLINE=1; downloaded folders under tmp/home."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setenv("LOWMEM_HOME", str(tmp_path / "home"))
+    return hub_cache
+
+
+def edit_args(model: str, image: Path, out: Path) -> list[str]:
+    return ["edit", "--model", model, "--image", str(image), "--out", str(out), "--steps", "2", "--resolution", "64",
+            "--rotate", "left", "--device", "cpu"]
+
+
+def test_release_files_are_found_by_listing_and_a_foreign_layout_is_named():
+    found = find_release_files(["README.md", "CKPT_PT.pth", "CKPT_CT_lora/adapter_config.json",
+                                "CKPT_CT_lora/adapter_model.safetensors", "other/ckpt.pt"])
+    assert (found.dit, found.lora, found.config) == ("CKPT_PT.pth", "CKPT_CT_lora", None)
+    assert found.patterns() == ["CKPT_PT.pth", "CKPT_CT_lora/adapter_config.json", "CKPT_CT_lora/adapter_model.safetensors"]
+    with pytest.raises(ReleaseLayoutError, match=r"it holds README.md, model.safetensors; expected one DiT checkpoint"):
+        find_release_files(["README.md", "model.safetensors"])
+
+
+def test_download_edits_exactly_as_the_imported_folder(offline_hub, tiny_model, image_file, tmp_path, capsys):
+    assert main(["download", "--no-progress"]) == 0
+    folder = tmp_path / "home" / "EasonXiao-888--SpatialEdit"
+    record = json.loads((folder / "hub.json").read_text())
+    assert record["revisions"] == COMMITS and record["files"]["dit"] == "CKPT_PT.pth"
+    assert not (folder / "text_encoder" / "README.md").exists()  # only the files transformers reads
+    # the VAE is the cached blob, hard-linked (one file system here): no second copy
+    blob = (offline_hub / "models--Wan-AI--Wan2.1-T2V-1.3B" / "snapshots" / COMMITS[WAN_REPO] / "Wan2.1_VAE.pth").resolve()
+    assert (folder / "vae" / "Wan2.1_VAE.pth").stat().st_ino == blob.stat().st_ino
+
+    snapshot = offline_hub / "models--EasonXiao-888--SpatialEdit" / "snapshots" / COMMITS[RELEASE_REPO]
+    imported = tmp_path / "imported"
+    assert main(["import", "--dit", str(snapshot / "CKPT_PT.pth"), "--lora", str(snapshot / "CKPT_CT_lora"),
+                 "--vae", str(blob), "--text-encoder", str(tiny_model / "text_encoder"), "--config",
+                 str(snapshot / "config.json"), "--out", str(imported), "--no-progress"]) == 0
+    assert main(edit_args(RELEASE_REPO, image_file, tmp_path / "by-id.png")) == 0  # --model as the Hub id
+    assert main(edit_args(str(imported), image_file, tmp_path / "imported.png")) == 0
+    assert (tmp_path / "by-id.png").read_bytes() == (tmp_path / "imported.png").read_bytes()
+
+
+def test_an_existing_output_is_kept_and_an_uncached_repo_is_one_clear_error(offline_hub, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    assert main(["download", "--out", str(out), "--no-progress"]) == 2
+    assert "already holds something" in capsys.readouterr().err and (out / "mine.txt").read_text() == "keep"
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    assert main(["download", "--out", str(tmp_path / "new"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not in the Hugging Face cache" in err[0] and "HF_HUB_OFFLINE" in err[0]
+    assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".new.*"))
+
+
+def test_too_little_disk_is_refused_before_anything_is_written(offline_hub, tmp_path, capsys, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    assert main(["download", "--out", str(tmp_path / "m"), "--quantize", "nf4", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "not enough disk space" in err and "1.00 KB is free" in err and "nothing was written" in err
+    assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.*"))
+
+
+def test_a_hub_id_nothing_was_downloaded_for_says_what_to_run(tmp_path, monkeypatch, capsys, image_file):
+    monkeypatch.setenv("LOWMEM_HOME", str(tmp_path / "nothing"))
+    assert main(edit_args(RELEASE_REPO, image_file, tmp_path / "o.png")) == 2
+    err = capsys.readouterr().err
+    assert "is not downloaded yet" in err and "lowmem download --quantize nf4" in err
+
+
+def test_cli_transcript_download_quantized_then_edit_by_id(hub_cache, image_file, tmp_path):
+    """The issue's 'done when', as a user types it: real environment variables, two processes."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub_cache), "LOWMEM_HOME": str(tmp_path / "home"),
+           "PYTHONPATH": str(ROOT)}
+    run = [sys.executable, "-m", "lowmem"]
+    done = subprocess.run(run + ["download", "--quantize", "nf4", "--no-progress"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = tmp_path / "home" / "EasonXiao-888--SpatialEdit-nf4"
+    assert f"wrote {folder} (nf4;" in done.stdout and (folder / "manifest.json").is_file()
+    edit = subprocess.run(run + edit_args(RELEASE_REPO, image_file, tmp_path / "o.png"), env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert edit.returncode == 0, edit.stderr[-2000:]
+    assert (tmp_path / "o.png").is_file() and "saved" in edit.stdout
