@@ -161,3 +161,69 @@ def test_cli_transcript_download_quantized_then_edit_by_id(hub_cache, image_file
                           text=True, timeout=300)
     assert edit.returncode == 0, edit.stderr[-2000:]
     assert (tmp_path / "o.png").is_file() and "saved" in edit.stdout
+
+
+# -- online failures, against a stand-in for the Hub's API on 127.0.0.1 ------------------------------
+# The server answers the repository-info call (`GET /api/models/<repo>/revision/<rev>`) the way the
+# Hub does for a repository that does not exist (404), a private one without a token (401) and a gated
+# one (403 "GatedRepo"): status and the X-Error-Code header huggingface_hub reads.
+HUB_ANSWERS = {"nobody/missing": (404, "RepoNotFound"), RELEASE_REPO: (401, "RepoNotFound"),
+               "someone/gated": (403, "GatedRepo")}
+
+
+@pytest.fixture
+def hub_server(monkeypatch):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from huggingface_hub import constants
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            repo = "/".join(self.path.split("?")[0].split("/")[3:5])
+            status, code = HUB_ANSWERS.get(repo, (404, "RepoNotFound"))
+            self.send_response(status)
+            self.send_header("X-Error-Code", code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    yield server
+    server.shutdown()
+
+
+@pytest.mark.parametrize("repo,expected", [("nobody/missing", "was not found on http://127.0.0.1"),
+                                           ("someone/gated", "is gated: accept its terms")])
+def test_unknown_and_gated_repositories_are_one_clear_error(hub_server, repo, expected):
+    from lowmem.hub.fetch import HubError, list_repo
+
+    with pytest.raises(HubError, match=expected):
+        list_repo(repo, None)
+
+
+def test_a_private_release_without_a_token_names_hf_token(hub_server, tmp_path, capsys):
+    assert main(["download", "--out", str(tmp_path / "m"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and RELEASE_REPO in err[0] and "HF_TOKEN" in err[0]
+    assert not (tmp_path / "m").exists()
+
+
+def test_no_network_names_offline_mode_and_the_cache(tmp_path, capsys, monkeypatch):
+    import socket
+
+    from huggingface_hub import constants
+
+    with socket.socket() as s:  # a port nothing listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    assert main(["download", "--out", str(tmp_path / "m"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the Hub" in err and "HF_HUB_OFFLINE=1" in err and "cache" in err

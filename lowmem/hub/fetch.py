@@ -9,6 +9,7 @@ the commit, a disk-space check before the first byte, and one clear error per fa
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -86,9 +87,20 @@ def hub_call(repo: str, call: Callable[[], T]) -> T:
                            "downloading: unset HF_HUB_OFFLINE, or point HF_HUB_CACHE at a cache that holds it") from exc
         raise HubError(f"cannot reach the Hub at {constants.ENDPOINT} for {repo} ({type(exc).__name__}): check the "
                        f"network (or HF_ENDPOINT), or set HF_HUB_OFFLINE=1 to use the cache in {cache_dir()}") from exc
-    except OSError as exc:  # connection refused / reset, DNS: the HTTP client's errors are OSErrors
+    except transport_errors() as exc:  # connection refused or reset, DNS, timeouts
         raise HubError(f"cannot reach the Hub at {constants.ENDPOINT} for {repo} ({exc}): check the network (or "
                        f"HF_ENDPOINT), or set HF_HUB_OFFLINE=1 to use the cache in {cache_dir()}") from exc
+
+
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """The network failures of the HTTP clients huggingface_hub has used (httpx2 today), and OSError."""
+    errors: list[type[BaseException]] = [OSError]
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "ConnectionError")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
 
 
 def list_repo(repo: str, revision: Optional[str]) -> tuple[str, dict[str, int]]:
