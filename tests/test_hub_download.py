@@ -227,3 +227,105 @@ def test_no_network_names_offline_mode_and_the_cache(tmp_path, capsys, monkeypat
     assert main(["download", "--out", str(tmp_path / "m"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "cannot reach the Hub" in err and "HF_HUB_OFFLINE=1" in err and "cache" in err
+
+
+class FakeHub:
+    """The Hub's file-serving side on 127.0.0.1, enough for huggingface_hub's download path: repository
+    info and tree with sizes, HEAD of a file (commit, ETag, size) and GET with Range; `gets` records
+    each file GET. While `dropping` names a file, every GET of it stops halfway through and closes
+    the connection (a dropped download)."""
+
+    def __init__(self, repos: dict[str, dict[str, bytes]]):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.repos, self.dropping, self.gets = repos, None, []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_HEAD(self):
+                self.serve(body=False)
+
+            def do_GET(self):
+                self.serve(body=True)
+
+            def serve(self, body: bool):
+                parts = self.path.split("?")[0].strip("/").split("/")
+                if parts[:2] == ["api", "models"] and "/".join(parts[2:4]) in hub.repos:
+                    repo = "/".join(parts[2:4])
+                    files = hub.repos[repo]
+                    if len(parts) > 4 and parts[4] == "tree":  # the listing snapshot_download walks
+                        data = json.dumps([{"type": "file", "path": n, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+                                           for n, b in files.items()]).encode()
+                    else:  # repository info (model_info)
+                        data = json.dumps({"id": repo, "sha": COMMITS[repo], "siblings": [
+                            {"rfilename": n, "size": len(b)} for n, b in files.items()]}).encode()
+                    return self.reply(200, data, {"Content-Type": "application/json"}, body)
+                if parts[0] == "api":  # anything else the client asks the API for: not on this stand-in
+                    return self.reply(404, b"", {}, body)
+                repo, name = "/".join(parts[:2]), "/".join(parts[4:])
+                data = hub.repos[repo][name]
+                headers = {"X-Repo-Commit": COMMITS[repo], "ETag": f'"{hashlib.sha256(data).hexdigest()}"', "Accept-Ranges": "bytes"}
+                start = 0
+                if body:
+                    hub.gets.append(name)
+                if body and self.headers.get("Range"):
+                    start = int(self.headers["Range"].split("=")[1].split("-")[0])
+                    headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+                chunk = data[start:]
+                if body and name == hub.dropping:
+                    self.send_response(206 if start else 200)
+                    for key, value in {**headers, "Content-Length": str(len(chunk))}.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(chunk[: max(1, len(chunk) // 2)])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.reply(206 if start else 200, chunk, headers, body)
+
+            def reply(self, status, data, headers, body):
+                self.send_response(status)
+                for key, value in {**headers, "Content-Length": str(len(data))}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
+
+
+def test_a_dropped_download_is_resumed_and_a_rerun_fetches_only_what_is_missing(tiny_model, tmp_path):
+    """Through HF_ENDPOINT (a mirror, as users set it), in a process of its own: a connection dropped in
+    the middle of a file is retried by huggingface_hub, and when the run still fails every finished
+    file stays in the cache, so the rerun fetches only the missing one. (huggingface_hub resumes a file
+    from the 10 MB chunks it has written, which these small files never reach, and since 1.x it keeps
+    no partial file across processes: the library's choices.)"""
+    text_encoder = tiny_model / "text_encoder"
+    hub = FakeHub({RELEASE_REPO: release_files(tmp_path),
+                   QWEN_REPO: {p.name: p.read_bytes() for p in text_encoder.iterdir() if p.is_file()},
+                   WAN_REPO: {"Wan2.1_VAE.pth": (tiny_model / "vae" / "Wan2.1_VAE.pth").read_bytes()}})
+    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
+           "HF_HUB_OFFLINE": "0"}
+    command = [sys.executable, "-m", "lowmem", "download", "--out", str(tmp_path / "m"), "--no-progress"]
+    hub.dropping = "Wan2.1_VAE.pth"  # the last file fetched
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    errors = [line for line in first.stderr.splitlines() if line.startswith("error:")]  # besides the library's
+    assert first.returncode == 2 and len(errors) == 1 and "cannot reach the Hub" in errors[0], first.stderr[-2000:]
+    assert "Trying to resume download" in first.stderr  # huggingface_hub's own retry notices
+    assert not (tmp_path / "m").exists()
+    assert "CKPT_PT.pth" in hub.gets and "config.json" in hub.gets and hub.gets.count("Wan2.1_VAE.pth") > 1
+
+    hub.dropping, hub.gets = None, []
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert hub.gets == ["Wan2.1_VAE.pth"]  # nothing else downloaded again
+    assert (tmp_path / "m" / "hub.json").is_file() and not list((tmp_path / "cache").rglob("*.incomplete"))
+    hub.server.shutdown()

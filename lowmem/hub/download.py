@@ -68,7 +68,7 @@ def download_model(out: Path, quantize: Optional[str] = None, revision: Optional
         raise OutputPathError(f"{out.parent} does not exist; create it first")
     release = describe_release(revision)
     check_disk({cache_dir(): release.download_bytes, **output_bytes(release, out, quantize)})
-    fetched = fetch(release)
+    fetched = fetch(release, progress)
 
     from lowmem.models.dit_config import DiTConfig
     from lowmem.models.official_import import import_official, link_or_copy

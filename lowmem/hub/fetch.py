@@ -209,8 +209,22 @@ class Fetched:
     revisions: dict[str, str]
 
 
-def fetch(release: Release) -> Fetched:
-    """Download what is missing (resumable, with the library's progress bars) and return the paths."""
+def fetch(release: Release, progress: bool = True) -> Fetched:
+    """Download what is missing (resumable, with the library's progress bars unless `progress` is
+    False) and return the paths."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    quiet = not progress and not are_progress_bars_disabled()
+    if quiet:
+        disable_progress_bars()
+    try:
+        return _fetch(release)
+    finally:
+        if quiet:
+            enable_progress_bars()
+
+
+def _fetch(release: Release) -> Fetched:
     from huggingface_hub import hf_hub_download, snapshot_download
 
     def snapshot(files: RepoFiles) -> Path:
