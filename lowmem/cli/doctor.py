@@ -54,6 +54,32 @@ def recommendation(rows: list[dict]) -> str:
     return "nothing fits at this resolution: lower --resolution, or add memory"
 
 
+# The release's sizes as the project's design notes and the model cards give them (the DiT ~33 GB in bf16, Qwen3-VL-8B
+# ~17.5 GB, the VAE ~0.5 GB): a guide for this machine; `lowmem download` itself checks the exact
+# sizes of the Hub's listing before it fetches anything.
+RELEASE_BYTES = {"dit": 32.5e9, "qwen": 17.5e9, "vae": 0.5e9}
+
+
+def download_space() -> str:
+    """What `lowmem download` needs where: the Hugging Face cache and the model folder, with free space."""
+    import shutil
+
+    from lowmem.hub.fetch import cache_dir
+    from lowmem.hub.models import models_home
+    from lowmem.offload import format_bytes
+
+    def free(path):
+        while not path.exists():
+            path = path.parent
+        return format_bytes(shutil.disk_usage(path).free)
+
+    cache, home = cache_dir(), models_home()
+    return (f"download   the Hugging Face cache ({cache}, {free(cache)} free) takes "
+            f"{format_bytes(int(sum(RELEASE_BYTES.values())))}; the model folder ({home}, {free(home)} free) takes "
+            f"{format_bytes(int(RELEASE_BYTES['dit']))} more in bf16 (the rest hard-linked), or ~17 GB with --quantize nf4 "
+            "(plus the bf16 DiT while it is made)")
+
+
 def compute_modes(device: str) -> dict:
     """The GEMM modes this machine's compute device runs, and the one `--compute auto` takes there for
     SpatialEdit-16B."""
@@ -78,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         print("GPU        none found: the CPU is the compute device and disk the storage tier (slow, but the same code path)")
     print(f"host RAM   {format_bytes(machine.host_ram_bytes)} total, {format_bytes(machine.host_available_bytes)} available")
     print(f"disk free  {format_bytes(machine.disk_free_bytes)} (a quantized model folder needs about 17 GB in nf4, 27 GB in int8 or fp8)")
+    print(download_space())
     print("libraries  " + ", ".join(f"{k} {v}" for k, v in machine.versions.items()))
     compute = compute_modes("cuda" if machine.has_gpu else "cpu")
     print(f"compute    {', '.join(compute['runs'])} (--compute auto: {compute['auto']})")
