@@ -8,6 +8,8 @@ from typing import Optional
 # bitsandbytes warns at import on CPUs with AVX512-BF16 that its optional hub-fetched 4-bit GEMV
 # kernel is missing; lowmem dequantizes and runs a plain GEMM, so that kernel is never used.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# The same kernel lookup, with HF_HUB_OFFLINE=1, says it skips a publisher check for that kernel.
+logging.getLogger("kernels._internals.hf_hub").setLevel(logging.ERROR)
 
 
 def load(model, memory_budget: Optional[str | int] = None, quantization: Optional[str] = None, **kwargs):

@@ -110,6 +110,9 @@ def test_download_edits_exactly_as_the_imported_folder(offline_hub, tiny_model, 
     assert main(edit_args(RELEASE_REPO, image_file, tmp_path / "by-id.png")) == 0  # --model as the Hub id
     assert main(edit_args(str(imported), image_file, tmp_path / "imported.png")) == 0
     assert (tmp_path / "by-id.png").read_bytes() == (tmp_path / "imported.png").read_bytes()
+    capsys.readouterr()
+    assert main(["download", "--no-progress"]) == 2  # again: the folder is there, and kept
+    assert "already holds a downloaded model (hub.json); use it as --model" in capsys.readouterr().err
 
 
 def test_an_existing_output_is_kept_and_an_uncached_repo_is_one_clear_error(offline_hub, tmp_path, capsys, monkeypatch):

@@ -62,6 +62,9 @@ def download_model(out: Path, quantize: Optional[str] = None, revision: Optional
     from lowmem.hub.fetch import cache_dir
 
     out = Path(out).expanduser()
+    if (out / HUB_RECORD).is_file() and not overwrite:
+        raise OutputPathError(f"{out} already holds a downloaded model ({HUB_RECORD}); use it as --model, or pass "
+                              "--overwrite to download it again (nothing was changed)")
     if out.exists() and not overwrite:
         check_new_folder(out)  # an empty folder is fine; anything else is refused before any download
     elif not out.parent.is_dir():
