@@ -64,14 +64,12 @@ def download_space() -> str:
     """What `lowmem download` needs where: the Hugging Face cache and the model folder, with free space."""
     import shutil
 
-    from lowmem.hub.fetch import cache_dir
+    from lowmem.hub.fetch import cache_dir, existing_parent
     from lowmem.hub.models import models_home
     from lowmem.offload import format_bytes
 
     def free(path):
-        while not path.exists():
-            path = path.parent
-        return format_bytes(shutil.disk_usage(path).free)
+        return format_bytes(shutil.disk_usage(existing_parent(path)).free)
 
     cache, home = cache_dir(), models_home()
     return (f"download   the Hugging Face cache ({cache}, {free(cache)} free) takes "

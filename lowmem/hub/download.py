@@ -23,7 +23,7 @@ from typing import Optional
 
 from lowmem.common.paths import check_new_folder, write_text_atomic
 from lowmem.errors import OutputPathError
-from lowmem.hub.fetch import Release, check_disk, describe_release, environment, fetch
+from lowmem.hub.fetch import Release, check_disk, describe_release, environment, existing_parent, fetch
 from lowmem.hub.models import HUB_RECORD
 from lowmem.hub.release import RELEASE_REPO
 
@@ -42,17 +42,11 @@ def output_bytes(release: Release, out: Path, quantize: Optional[str]) -> dict[P
 
     dit = release.release.sizes[release.layout.dit]
     linked = sum(release.qwen.sizes.values()) + sum(release.wan.sizes.values())
-    same_fs = _device(cache_dir()) == _device(out.parent)
+    same_fs = existing_parent(cache_dir()).stat().st_dev == existing_parent(out.parent).stat().st_dev
     needs = dit + (0 if same_fs else linked)
     if quantize:
         needs += int((dit + linked) * QUANTIZED_SHARE[quantize] * SIZE_MARGIN)
     return {out.parent: needs}
-
-
-def _device(path: Path) -> int:
-    while not path.exists():
-        path = path.parent
-    return path.stat().st_dev
 
 
 def download_model(out: Path, quantize: Optional[str] = None, revision: Optional[str] = None,

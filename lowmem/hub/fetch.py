@@ -176,6 +176,13 @@ def describe_release(revision: Optional[str] = None) -> Release:
     return Release(release, layout_of["layout"], qwen, wan)
 
 
+def existing_parent(path: Path) -> Path:
+    """`path`, or its nearest parent that exists (a folder about to be made lives on its file system)."""
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def check_disk(needs: dict[Path, int]) -> None:
     """Refuse before any byte is written when a file system has less free space than what will be
     written to it (`needs`: a folder on each file system -> bytes), naming both numbers."""
@@ -183,9 +190,7 @@ def check_disk(needs: dict[Path, int]) -> None:
 
     by_device: dict[int, tuple[list[Path], int]] = {}
     for folder, nbytes in needs.items():
-        existing = folder
-        while not existing.exists():
-            existing = existing.parent
+        existing = existing_parent(folder)
         device = existing.stat().st_dev
         folders, total = by_device.get(device, ([], 0))
         by_device[device] = (folders + [existing], total + nbytes)
