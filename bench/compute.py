@@ -49,6 +49,19 @@ WEIGHT_ONLY = {"int8 weight-only": ("int8", "bnb"), "nf4 weight-only": ("nf4", "
 TEXT_TOKENS = 64
 
 
+def synced(fn, device: torch.device):
+    """`fn` that returns only when the device has finished its work (CUDA runs kernels asynchronously)."""
+    if device.type != "cuda":
+        return fn
+
+    def run():
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+
+    return run
+
+
 def linear_shapes() -> dict[str, tuple[int, int]]:
     h, mlp = FULL_DIT_CONFIG.hidden_size, FULL_DIT_CONFIG.mlp_hidden
     return {"qkv": (3 * h, h), "attn proj": (h, h), "mlp up": (mlp, h), "mlp down": (h, mlp)}
@@ -66,7 +79,7 @@ def matmul_rows(device: torch.device, tokens: list[int], repeats: int) -> list[d
             fns = [lambda: F.linear(x, weight)]
             fns += [lambda m=m: w8a8_linear(x, codes[m]["qweight"], row_step(codes[m], *STORED[m]), None, m)
                     for m in modes]
-            seconds = interleaved_best(fns, repeats)
+            seconds = interleaved_best([synced(fn, device) for fn in fns], repeats)
             row = {"linear": name, "shape": f"{out_f}x{in_f}", "tokens": m_tokens, "bf16_s": seconds[0]}
             for m, s in zip(modes, seconds[1:]):
                 row[f"{m}_s"], row[f"{m}_speedup"] = s, seconds[0] / s
@@ -114,7 +127,7 @@ def block_rows(device: torch.device, resolution: int, repeats: int) -> list[dict
         with torch.inference_mode():
             return model(*inputs)
 
-    seconds = interleaved_best([lambda m=m: forward(m) for m in models.values()], repeats)
+    seconds = interleaved_best([synced(lambda m=m: forward(m), device) for m in models.values()], repeats)
     return [{"mode": m, "seconds": s, "speedup": seconds[0] / s} for m, s in zip(models, seconds)]
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check, one call: the wheels a bare GPU machine lacks, `pytest -m cuda`, then
 # bench/gpu_suite.py (every case, then the nf4 + SpotEdit capped case once more with
-# PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, for the allocator decision). Every table and log
+# PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, for the allocator decision), then bench/compute.py's
+# W8A8 kernel ratios when time is left. Every table and log
 # goes under $OUT (default: gpu-out/). Exit status 1 when a test or a suite case failed.
 #
 #   bash bench/gpu_wheels.sh        # here, first: the wheels into the git-ignored .whl/ (carry it)
@@ -46,11 +47,18 @@ tail -n 3 "$out/pytest-cuda.txt"
     2> "$out/gpu_suite.log" || status=1
 cat "$out/gpu_suite.txt"
 
-# 3. The allocator decision: the 24 GB default case again with expandable segments (GPU only).
+# 3. The allocator decision: the 24 GB default case again with expandable segments (GPU only), then
+#    the W8A8 kernels' speed against bf16 at full-size shapes (bench/compute.py), in the time left.
 if [ ${#suite[@]} -eq 0 ]; then
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "$python" bench/gpu_suite.py --out-dir "$out" \
         --name gpu_suite_expandable --cases "nf4 + SpotEdit, capped" --time-limit $((deadline - SECONDS - 90)) \
         2>> "$out/gpu_suite.log" || status=1
     cat "$out/gpu_suite_expandable.txt"
+    left=$((deadline - SECONDS))
+    if [ $left -gt 30 ]; then
+        timeout $left "$python" bench/compute.py --device cuda --tokens 1024 8192 --resolution 1024 --repeats 5 \
+            --out "$out/compute.json" > "$out/compute.txt" 2>> "$out/gpu_suite.log" || status=1
+        cat "$out/compute.txt"
+    fi
 fi
 exit $status
