@@ -33,7 +33,7 @@ CODE_DTYPE = {"int8": torch.int8, "fp8": FP8_DTYPE}
 CODE_MAX = {"int8": 127.0, "fp8": FP8_MAX}
 # The compute capability from which cuBLAS runs each mode's GEMM on tensor cores: int8 IMMA needs
 # Ampere (sm_80; Turing's int8 is not exposed by torch._int_mm), e4m3 needs Ada (sm_89) or Hopper.
-MIN_CAPABILITY = {"bf16": (8, 0), "int8": (8, 0), "fp8": (8, 9)}
+MIN_CAPABILITY = {"int8": (8, 0), "fp8": (8, 9)}
 # cuBLAS's shape rules: _int_mm wants more than 16 rows and K, N multiples of 8; _scaled_mm wants
 # every dimension a multiple of 16. Rows are padded; a K or N that breaks them uses the reference.
 ROW_ALIGN = {"int8": 32, "fp8": 16}
@@ -71,7 +71,7 @@ def supported_modes(device: torch.device | str) -> tuple[str, ...]:
         return COMPUTE_MODES
     if device.type == "cuda":
         capability = torch.cuda.get_device_capability(device)
-        return tuple(m for m in COMPUTE_MODES if m == "bf16" or capability >= MIN_CAPABILITY[m])
+        return ("bf16",) + tuple(m for m in W8A8_MODES if capability >= MIN_CAPABILITY[m])
     return ("bf16",) + tuple(m for m in W8A8_MODES if _cpu_runs(m))
 
 
