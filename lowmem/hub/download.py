@@ -21,9 +21,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-from lowmem.common.paths import check_new_folder, write_text_atomic
+from lowmem.common.paths import check_new_folder, check_writable_folder, write_text_atomic
 from lowmem.errors import OutputPathError
-from lowmem.hub.fetch import Release, check_disk, describe_release, environment, existing_parent, fetch
+from lowmem.hub.fetch import Release, cache_dir, check_disk, describe_release, environment, existing_parent, fetch
 from lowmem.hub.models import HUB_RECORD
 from lowmem.hub.release import RELEASE_REPO
 
@@ -38,8 +38,6 @@ def output_bytes(release: Release, out: Path, quantize: Optional[str]) -> dict[P
     """Bytes each file system receives besides the cache: the imported DiT (written), the VAE and
     Qwen3-VL files (hard links: free on the cache's file system, copies elsewhere), and with
     `quantize` a temporary bf16 folder plus the quantized one."""
-    from lowmem.hub.fetch import cache_dir
-
     dit = release.release.sizes[release.layout.dit]
     linked = sum(release.qwen.sizes.values()) + sum(release.wan.sizes.values())
     same_fs = existing_parent(cache_dir()).stat().st_dev == existing_parent(out.parent).stat().st_dev
@@ -53,16 +51,14 @@ def download_model(out: Path, quantize: Optional[str] = None, revision: Optional
                    overwrite: bool = False, progress: bool = True) -> dict:
     """Fetch the release and write the model folder `out` (quantized when `quantize`); return the
     record written as `out/hub.json`. An existing `out` is kept intact unless `overwrite`."""
-    from lowmem.hub.fetch import cache_dir
-
     out = Path(out).expanduser()
     if (out / HUB_RECORD).is_file() and not overwrite:
         raise OutputPathError(f"{out} already holds a downloaded model ({HUB_RECORD}); use it as --model, or pass "
                               "--overwrite to download it again (nothing was changed)")
-    if out.exists() and not overwrite:
-        check_new_folder(out)  # an empty folder is fine; anything else is refused before any download
-    elif not out.parent.is_dir():
-        raise OutputPathError(f"{out.parent} does not exist; create it first")
+    if overwrite:
+        check_writable_folder(out.parent)
+    else:
+        check_new_folder(out)  # absent or empty, in a writable folder: refused before any download
     release = describe_release(revision)
     check_disk({cache_dir(): release.download_bytes, **output_bytes(release, out, quantize)})
     fetched = fetch(release, progress)
