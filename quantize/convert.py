@@ -193,7 +193,9 @@ def _convert_locked(folder, out: Path, scheme: str, backend: str, components: tu
                 entry["file"] = rel
                 entries[name] = entry
             tmp = target.with_name(f".{target.name}.tmp")
-            save_file(stored, str(tmp), metadata={"format": "pt", "lowmem_scheme": scheme, "lowmem_backend": backend})
+            # One metadata key: safetensors writes its metadata map in hash order, so two keys would
+            # make two identical conversions differ in bytes (and in every sha256 of the manifest).
+            save_file(stored, str(tmp), metadata={"format": "pt"})
             del stored
             os.replace(tmp, target)
             state["units"][rel] = {"sha256": sha256_file(target), "tensors": entries}

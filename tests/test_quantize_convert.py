@@ -227,3 +227,15 @@ def test_truncated_shard_is_reported_and_nothing_is_written(tiny_model, tmp_path
         convert(broken, tmp_path / "out", "nf4", progress=False)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
     assert shard.stat().st_size == before // 2
+
+
+def test_two_identical_conversions_write_identical_bytes(tiny_model, converted, tmp_path):
+    """A conversion is reproducible: every file and the manifest (whose sha256s name each file) match
+    byte for byte (issue 29, item 6: the safetensors metadata map used to come out in hash order)."""
+    again = tmp_path / "again"
+    convert(tiny_model, again, "nf4", progress=False, print_table=False)
+    first = converted["nf4"]
+    names = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert names == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    assert [n for n in names if (first / n).read_bytes() != (again / n).read_bytes()] == []
+
