@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from lowmem.common.paths import check_output_path
+from lowmem.common.paths import check_output_path, new_file_mode
 from lowmem.errors import InputImageError, InstructionError, ResolutionError
 
 # The official demo's input rule (`_dynamic_resize_from_bucket` in the public SpatialEdit code): pick
@@ -155,7 +155,10 @@ def save_image_atomic(image: Image.Image, path: str | Path, overwrite: bool = Fa
     check_output_path(path, overwrite)
     suffix = path.suffix or ".png"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, new_file_mode())  # the mode a new file gets under the umask, not mkstemp's 0600
+    finally:
+        os.close(fd)
     try:
         image.save(tmp, format=Image.registered_extensions().get(suffix.lower(), "PNG"))
         os.replace(tmp, path)

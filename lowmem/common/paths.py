@@ -64,10 +64,37 @@ def check_distinct(**paths: Optional[Path]) -> None:
                 raise OutputPathError(f"{name_a} and {name_b} are the same file ({a}); give each its own path")
 
 
+def process_umask() -> int:
+    """This process's umask, read without changing it where the system says it (Linux); elsewhere set
+    and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def new_file_mode() -> int:
+    """The mode open() gives a new file (0666 less the umask): tempfile makes its files 0600, and an
+    output renamed from one must look like any other tool's output."""
+    return 0o666 & ~process_umask()
+
+
+def new_folder_mode() -> int:
+    """The mode mkdir() gives a new folder (0777 less the umask), for folders made by mkdtemp (0700)."""
+    return 0o777 & ~process_umask()
+
+
 def write_text_atomic(path: Path, text: str) -> Path:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
+    """Write `text` to a temporary file beside `path`, then rename it over `path` (with the mode a new
+    file gets under the umask)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
         os.replace(tmp, path)
@@ -95,6 +122,7 @@ def staged_folder(target: Path) -> Iterator[Path]:
     check_new_folder(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        os.chmod(staging, new_folder_mode())  # what mkdir would have made, not mkdtemp's 0700
         yield staging
         if target.exists():
             target.rmdir()
