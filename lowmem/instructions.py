@@ -34,6 +34,12 @@ class EditInstruction:
     text: str
     box: Optional[tuple[int, int, int, int]] = None
 
+    def __post_init__(self) -> None:
+        # Born here for every face (flags, jobs files, the API): a blank prompt would edit with no instruction.
+        if not str(self.text).strip():
+            raise InstructionError("the instruction is empty (or only spaces); say what to edit, e.g. "
+                                   "--instruction \"rotate the chair to face left\", or use --rotate/--move-box/...")
+
     def check_box_inside(self, image_size: tuple[int, int]) -> None:
         """Raise InstructionError when the box reaches outside an input image of `image_size` (w, h)."""
         if self.box is not None and (self.box[2] > image_size[0] or self.box[3] > image_size[1]):
@@ -94,10 +100,10 @@ def scale(obj: str, factor: float) -> EditInstruction:
 def camera(yaw: float = 0.0, pitch: float = 0.0) -> EditInstruction:
     """Orbit the camera: yaw in 45 degree steps (-180..180), pitch in 15 degree steps (-45..45)."""
     if yaw not in ALLOWED_YAWS:
-        raise InstructionError(f"camera yaw {yaw:g} was not trained; use one of {', '.join(map(str, ALLOWED_YAWS))} degrees")
+        raise InstructionError(f"camera yaw {yaw:.10g} was not trained; use one of {', '.join(map(str, ALLOWED_YAWS))} degrees")
     if pitch not in ALLOWED_PITCHES:
         raise InstructionError(
-            f"camera pitch {pitch:g} was not trained; use one of {', '.join(map(str, ALLOWED_PITCHES))} degrees"
+            f"camera pitch {pitch:.10g} was not trained; use one of {', '.join(map(str, ALLOWED_PITCHES))} degrees"
         )
     if yaw == 0 and pitch == 0:
         raise InstructionError("a camera move needs a non-zero yaw or pitch")

@@ -58,3 +58,19 @@ def test_a_job_line_is_refused_as_the_flags_are(tmp_path):
         parse_job(json.dumps({"image": "a.png", "camera_yaw": 30}), 1, edit_flags([]), Path(tmp_path), {})
     with pytest.raises(InstructionError, match="camera yaw 30 was not trained"):
         edit_spec(edit_flags(["--camera-yaw", "30"]))
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\t\n"])
+def test_a_blank_instruction_is_refused_wherever_it_comes_from(text, tmp_path):
+    """Issue 29, item 8: spaces used to run an edit with an empty prompt while "" was refused."""
+    with pytest.raises(InstructionError, match="the instruction is empty"):
+        edit_spec(edit_flags(["--instruction", text]))
+    with pytest.raises(InstructionError, match="the instruction is empty"):
+        instructions.EditInstruction(text)  # the Python API's pipe.edit(image, "   ") builds one too
+    with pytest.raises(InstructionError, match="the instruction is empty"):  # a jobs-file line: read_jobs reports it
+        parse_job(json.dumps({"image": "a.png", "instruction": text}), 1, edit_flags([]), tmp_path, {})
+
+
+def test_a_camera_angle_off_the_grid_is_named_as_given():
+    with pytest.raises(InstructionError, match=r"camera yaw 45.0000001 was not trained"):
+        instructions.camera(45.0000001)

@@ -59,8 +59,8 @@ def edit_spec(args: argparse.Namespace, instruction: Optional[EditInstruction] =
 def instruction_from_args(args: argparse.Namespace) -> EditInstruction:
     """Exactly one of the edit flags (yaw and pitch count as one camera move) -> the prompt."""
     chosen = []
-    if args.instruction:
-        chosen.append(EditInstruction(args.instruction))
+    if args.instruction is not None:
+        chosen.append(EditInstruction(args.instruction))  # "" or spaces: refused as empty, with what to write
     if args.rotate:
         chosen.append(instructions.rotate(args.object, args.rotate))
     if args.move_box:
