@@ -51,6 +51,10 @@ def read_manifest(folder: str | Path) -> dict:
     except json.JSONDecodeError as exc:
         raise ModelFolderError(f"{path} is not valid JSON ({exc}); re-run `lowmem quantize`") from exc
     version = data.get("format_version") if isinstance(data, dict) else None
+    if isinstance(version, str) or isinstance(version, bool):  # "2" is not 2: say what is wrong with it
+        raise ModelFolderError(f"{path} has format_version {version!r}, which is not a number; this lowmem reads "
+                               f"format versions {', '.join(map(str, READABLE_VERSIONS))} (numbers): re-run "
+                               "`lowmem quantize` rather than editing manifest.json")
     if version not in READABLE_VERSIONS:
         raise ManifestVersionError(
             f"{path} has format_version {version!r}, but this lowmem reads versions "

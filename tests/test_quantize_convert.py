@@ -11,7 +11,7 @@ import torch
 
 from lowmem.cli import main as cli_main
 from lowmem.common.image_metrics import psnr
-from lowmem.errors import CorruptCheckpointError, LowmemError, ManifestVersionError, OutputPathError
+from lowmem.errors import CorruptCheckpointError, LowmemError, ManifestVersionError, ModelFolderError, OutputPathError
 from lowmem.loading import load_quantized_dit
 from lowmem.models.layout import open_model_folder
 from lowmem.pipeline import SpatialEditPipeline
@@ -211,6 +211,16 @@ def test_cli_quantize_and_bad_input(tiny_model, converted, tmp_path, capsys):
     manifest["format_version"] = 99
     (future / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ManifestVersionError, match="format_version 99"):
+        SpatialEditPipeline.from_folder(future, device="cpu")
+    # issue 29, item 8: a version written as a string is named as such, not refused as unknown
+    manifest["format_version"] = "2"
+    (future / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFolderError, match="format_version '2', which is not a number"):
+        SpatialEditPipeline.from_folder(future, device="cpu")
+    # a manifest.json that is a folder is named, not read as an original folder's missing index
+    (future / "manifest.json").unlink()
+    (future / "manifest.json").mkdir()
+    with pytest.raises(ModelFolderError, match="manifest.json is not a file"):
         SpatialEditPipeline.from_folder(future, device="cpu")
 
 

@@ -86,4 +86,8 @@ def open_model_folder(path: str | Path) -> ModelFolder:
     text_encoder = root / "text_encoder"
     if not (text_encoder / "config.json").exists():
         raise ModelFolderError(f"{text_encoder} holds no config.json; put the Qwen3-VL-8B-Instruct folder there")
+    manifest = root / "manifest.json"
+    if manifest.exists() and not manifest.is_file():  # else the folder would be read as an original one
+        raise ModelFolderError(f"{manifest} is not a file; a `lowmem quantize` folder holds its manifest.json as a "
+                               "file: re-run the conversion")
     return ModelFolder(root=root, transformer=transformer, vae_file=vae_file, text_encoder=text_encoder)
