@@ -118,7 +118,7 @@ def w8a8_matmul(x2d: torch.Tensor, codes: torch.Tensor, channel_step: torch.Tens
     """x2d (M, K) float times the (N, K) `mode` weight codes with their float32 step per row (N,):
     the (M, N) product in `out_dtype`, activations quantized per token.
 
-    Worked `GEMM_ROWS` rows at a time, so the activation codes, the int32 accumulator and the float32
+    Worked a chunk of rows at a time (about `GEMM_ELEMENTS` elements of the widest operand), so the activation codes, the int32 accumulator and the float32
     rescale exist for one chunk only: beside the output, the GEMM's scratch stays a few tens of MB."""
     gpu = _gpu_like(x2d.device)
     if gpu and not _aligned(codes, mode):

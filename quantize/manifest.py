@@ -16,12 +16,12 @@ from lowmem.errors import CorruptCheckpointError, ManifestVersionError, ModelFol
 # are written as version 3, so an int8 or nf4 folder still loads in a lowmem that predates fp8.
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
+MANIFEST = "manifest.json"
 
 
 def format_version(scheme: str) -> int:
     """The oldest format version that can hold a folder of `scheme`: what `convert` writes."""
-    return 3 if scheme == "fp8" else 2
-MANIFEST = "manifest.json"
+    return FORMAT_VERSION if scheme == "fp8" else 2
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -51,7 +51,7 @@ def read_manifest(folder: str | Path) -> dict:
     except json.JSONDecodeError as exc:
         raise ModelFolderError(f"{path} is not valid JSON ({exc}); re-run `lowmem quantize`") from exc
     version = data.get("format_version") if isinstance(data, dict) else None
-    if isinstance(version, str) or isinstance(version, bool):  # "2" is not 2: say what is wrong with it
+    if isinstance(version, (str, bool)):  # "2" is not 2: say what is wrong with it
         raise ModelFolderError(f"{path} has format_version {version!r}, which is not a number; this lowmem reads "
                                f"format versions {', '.join(map(str, READABLE_VERSIONS))} (numbers): re-run "
                                "`lowmem quantize` rather than editing manifest.json")

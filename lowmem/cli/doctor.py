@@ -54,9 +54,9 @@ def recommendation(rows: list[dict]) -> str:
     return "nothing fits at this resolution: lower --resolution, or add memory"
 
 
-# The release's sizes as the project's design notes and the model cards give them (the DiT ~33 GB in bf16, Qwen3-VL-8B
-# ~17.5 GB, the VAE ~0.5 GB): a guide for this machine; `lowmem download` itself checks the exact
-# sizes of the Hub's listing before it fetches anything.
+# The release's sizes as the project's design notes and the model cards give them (the DiT ~33 GB in
+# bf16, Qwen3-VL-8B ~17.5 GB, the VAE ~0.5 GB): a guide for this machine; `lowmem download` itself
+# checks the exact sizes of the Hub's listing before it fetches anything.
 RELEASE_BYTES = {"dit": 32.5e9, "qwen": 17.5e9, "vae": 0.5e9}
 
 

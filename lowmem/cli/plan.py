@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lowmem.common import validation
 from lowmem.common.validation import cli_type
+from lowmem.edits import COMPUTE_CHOICES
 
 HELP = ("show how a run would use a memory budget: what stays resident, what streams, the memory estimate "
         "(with the traced peaks behind it) and, for a preset, the predicted step time of each compute mode")
@@ -28,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=cli_type(validation.guidance, "guidance"), default=5.0,
                         help="guidance scale the edit will use (default 5.0); 1 or less plans a batch of one")
     parser.add_argument("--model", type=Path, help="plan for this model folder's DiT config instead of the full 16B one")
-    parser.add_argument("--compute", choices=("auto", "bf16", "fp8", "int8"), default="auto",
+    parser.add_argument("--compute", choices=COMPUTE_CHOICES, default="auto",
                         help="the DiT's GEMMs: bf16, or W8A8 in fp8 / int8 on cards that run them (default auto: "
                              "the fastest the preset's card runs; bf16 without a preset's figures)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")

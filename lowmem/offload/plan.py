@@ -179,7 +179,7 @@ class Plan:
             ("vae", self.vae.precision, self.vae.placement, format_bytes(self.vae.weight_bytes),
              f"decode tiled {self.vae.tile}px" if self.vae.tiled else "decode untiled"),
         ]
-        lines = [title, _table(rows)]
+        lines = [title, text_table(rows)]
         if self.streams:
             lines.append(
                 f"streaming: blocks {_ranges(d.streamed_blocks)} from {d.storage} "
@@ -205,13 +205,13 @@ class Plan:
             est.append((item, *(format_bytes(self.estimate.phases[p][item]) if item in self.estimate.phases[p] else "-"
                                 for p in phases)))
         est.append(("total", *(format_bytes(self.estimate.phase_total(p)) for p in phases)))
-        lines.append(_table(est))
+        lines.append(text_table(est))
         if self.estimate.traced:
             traced = [("phase", "traced on meta (peak live bytes)", "")]
             for phase, items in self.estimate.traced.items():
                 for what, nbytes in items.items():
                     traced.append((phase, what, format_bytes(nbytes)))
-            lines.append(_table(traced))
+            lines.append(text_table(traced))
         verdict = "fits" if self.fits else "DOES NOT FIT"
         lines.append(f"peak {format_bytes(self.estimate.peak)} ({self.estimate.peak_phase}) of budget "
                      f"{format_bytes(self.budget)}: {verdict}")
@@ -228,7 +228,8 @@ def _item_order(name: str) -> int:
     return _ORDER.index(name) if name in _ORDER else len(_ORDER)
 
 
-def _table(rows: list[tuple]) -> str:
+def text_table(rows: list[tuple]) -> str:
+    """`rows` (the first one the header) as aligned columns, a dashed rule under the header."""
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     out = []
     for j, row in enumerate(rows):

@@ -144,12 +144,10 @@ class SpatialEditPipeline:
         config = read_dit_config(folder)
         compute, why = choose_compute(compute, device, hardware, config.hidden_size)
         choices = [f"compute {compute}: {why}"]
-        if spot == "auto":
-            spot, spot_why = choose_spot(spot, resolution, preset=hardware, compute=compute, device=device,
-                                         config=config)
+        asked_auto = spot == "auto"
+        spot, spot_why = choose_spot(spot, resolution, preset=hardware, compute=compute, device=device, config=config)
+        if asked_auto:  # a decision worth saying; an explicit on/off is only repeated back
             choices.append(spot_why)
-        else:
-            spot = choose_spot(spot, resolution)[0]  # True / False, or "on" / "off"
         if memory_budget == "auto":
             from lowmem.common.machine import available_memory
 

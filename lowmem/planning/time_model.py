@@ -28,7 +28,8 @@ stored scheme is not the mode's own (a bf16 or nf4 DiT run in int8 or fp8; an in
 reads its codes as stored). Counted on meta (every non-view op's inputs and outputs, CFG batch 2 at
 1024²) that is, per full step, more than bf16 moves: int8 ~2.6 TB on an nf4 DiT (re-quantized per
 call) and ~1.8 TB on an int8 one (codes as stored); fp8 ~1.6 TB on nf4, ~1.0 TB on fp8. At an RTX
-4090's ~1 TB/s that is 1-2.5 s, as long as the int8 GEMMs themselves, unless those kernels are fused. The W8A8 rows are a bound on what the tensor cores allow, not a prediction of the eager path.
+4090's ~1 TB/s that is 1-2.5 s, as long as the int8 GEMMs themselves, unless those kernels are fused.
+The W8A8 rows are a bound on what the tensor cores allow, not a prediction of the eager path.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lowmem.models.dit_config import DiTConfig
 from lowmem.offload.budget import format_bytes
-from lowmem.offload.plan import Plan
+from lowmem.offload.plan import Plan, text_table
 from lowmem.planning import phase_peaks as peaks
 from lowmem.planning.planner import SPOT_ACTIVE_FRACTION
 from lowmem.planning.presets import Preset
@@ -211,16 +212,6 @@ def denoise_seconds(steps: list[StepTime], count: int = 30) -> tuple[int, int, f
     return n_full, count - n_full, n_full * full.seconds + (count - n_full) * spot.seconds + calls * selector.seconds
 
 
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for j, row in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return lines
-
-
 def _peak_text(mode: str, peak: float) -> str:
     return f"{peak:g} {'TOP/s' if mode == 'int8' else 'TFLOP/s'} {mode}"
 
@@ -241,7 +232,7 @@ def format_steps(steps: list[StepTime], preset: Preset, count: int = 30) -> str:
         peaks_text = f"{_peak_text(mode, preset.peak_rates[mode])} for the W8A8 GEMMs, {peaks_text} for the rest,"
     lines = [(f"time model ({preset.name}, DiT GEMMs in {mode}: {peaks_text} x {preset.sustained:g} sustained, "
               f"{preset.h2d_gbps:g} GB/s host-to-device)")]
-    lines += _table(rows)
+    lines.append(text_table(rows))
     n_full, n_spot, seconds = denoise_seconds(steps, count)
     lines.append(f"denoising {count} steps ({n_full} full" + (f", {n_spot} spot" if n_spot else "") +
                  f"): {seconds:.0f} s predicted")
@@ -262,5 +253,5 @@ def format_modes(rows: list[ModeTime], preset: Preset, auto: str | None = None, 
                       f"{r.denoise_s:.1f} s" + (("  <- " + ", ".join(marks)) if marks else "")))
     lines = [(f"compute modes on {preset.name}, on this plan's placement (peaks x {preset.sustained:g} sustained; "
               "fp8/int8: the GEMMs' rate only, not their quantization traffic)")]
-    lines += _table(table)
+    lines.append(text_table(table))
     return "\n".join(lines)
