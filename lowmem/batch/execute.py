@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
@@ -17,7 +17,7 @@ from PIL import Image
 
 from lowmem.batch.jobs import Job
 from lowmem.errors import LowmemError
-from lowmem.pipeline import SpatialEditPipeline, default_device
+from lowmem.pipeline import RunReport, SpatialEditPipeline, default_device
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,16 @@ class JobOutcome:
     error: Optional[str] = None
     phases: Optional[dict] = None
     worker: str = ""
+    input_image: Optional[Image.Image] = None  # the input as the model saw it (its bucket, a move box drawn)
+    measures: dict = field(default_factory=dict)  # `edit_measures` of the run report
+
+
+def edit_measures(report: RunReport) -> dict:
+    """What a many-edit report keeps of one edit's run report: peak memory and SpotEdit's share of tokens
+    computed (the mean active fraction over all steps, full steps counting 1; None without SpotEdit)."""
+    fractions = report.extra.get("spot_active_fraction")
+    return {"peak_device_bytes": report.peak_device_bytes, "peak_rss_bytes": report.peak_rss_bytes,
+            "spot_active_fraction": round(sum(fractions) / len(fractions), 3) if fractions else None}
 
 
 def load_pipeline(settings: BatchSettings) -> SpatialEditPipeline:
@@ -67,13 +77,12 @@ def worker_name() -> str:
 def execute(pipe: SpatialEditPipeline, job: Job, settings: BatchSettings) -> JobOutcome:
     """Run one job; a job that fails (bad image, a plan it does not fit, ...) returns its error instead."""
     start = time.perf_counter()
-    spec = job.spec
     try:
-        result = pipe.edit(job.image, spec.instruction, steps=spec.steps, guidance=spec.guidance, seed=spec.seed,
-                           resolution=settings.resolution, progress=False, spot=spec.spot_config(pipe.spot))
+        result = pipe.edit(job.image, resolution=settings.resolution, progress=False, **job.spec.edit_arguments(pipe.spot))
     except LowmemError as exc:
         return JobOutcome(None, time.perf_counter() - start, str(exc), worker=worker_name())
     except Exception as exc:  # noqa: BLE001 - one broken job (out of memory, a bug) must not stop thousands of others
         return JobOutcome(None, time.perf_counter() - start, f"{type(exc).__name__}: {exc}", worker=worker_name())
     phases = {name: round(seconds, 3) for name, seconds in result.report.phase_seconds.items()}
-    return JobOutcome(result.image, time.perf_counter() - start, phases=phases, worker=worker_name())
+    return JobOutcome(result.image, time.perf_counter() - start, phases=phases, worker=worker_name(),
+                      input_image=result.input_image, measures=edit_measures(result.report))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from lowmem.batch.driver import BatchDriver
+from lowmem.batch.driver import JobDriver
 from lowmem.batch.execute import BatchSettings, execute, load_pipeline
 
 
-def run_in_process(driver: BatchDriver, settings: BatchSettings) -> None:
+def run_in_process(driver: JobDriver, settings: BatchSettings) -> None:
     if not driver.pending:
         return
     with load_pipeline(settings) as pipe, driver:

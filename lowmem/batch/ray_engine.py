@@ -15,7 +15,7 @@ from collections import Counter, deque
 from dataclasses import replace
 from typing import Optional
 
-from lowmem.batch.driver import BatchDriver
+from lowmem.batch.driver import JobDriver
 from lowmem.batch.execute import BatchSettings, JobOutcome, execute, load_pipeline, worker_name
 from lowmem.batch.jobs import Job
 from lowmem.errors import LowmemError
@@ -83,7 +83,7 @@ def _start_workers(ray, settings: BatchSettings, workers: Optional[int]) -> list
     return loaded
 
 
-def run_on_ray(driver: BatchDriver, settings: BatchSettings, address: Optional[str] = None,
+def run_on_ray(driver: JobDriver, settings: BatchSettings, address: Optional[str] = None,
                workers: Optional[int] = None) -> None:
     if not driver.pending:
         return
@@ -98,7 +98,7 @@ def run_on_ray(driver: BatchDriver, settings: BatchSettings, address: Optional[s
             ray.shutdown()
 
 
-def _dispatch(ray, driver: BatchDriver, actors: list) -> None:
+def _dispatch(ray, driver: JobDriver, actors: list) -> None:
     """Keep every live worker busy with the next job; requeue the job of a worker that dies."""
     queue, attempts = deque(driver.pending), Counter()
     running: dict = {}  # ObjectRef -> (actor, job)

@@ -120,8 +120,7 @@ def run(args: argparse.Namespace) -> int:
                                                guidance=args.guidance, compute=args.compute)
         print("\n".join(["", "== plan", *pipe.choices, pipe.offload.plan.format_table()]))
         print(f"\n== edit: {spec.instruction.text}")
-        result = pipe.edit(image, spec.instruction, steps=spec.steps, guidance=spec.guidance, seed=spec.seed,
-                           resolution=args.resolution, spot=spec.spot_config(pipe.spot))
+        result = pipe.edit(image, resolution=args.resolution, **spec.edit_arguments(pipe.spot))
     mask = result.spot_mask or Image.new("L", result.image.size, 255)
     outputs = {
         "input.png": result.input_image,

@@ -23,7 +23,7 @@ from typing import Iterator, Optional, Sequence
 from lowmem.errors import LowmemError
 
 COMMANDS = {  # name -> module in lowmem.cli
-    "edit": "edit", "batch": "batch", "demo": "demo", "plan": "plan", "quantize": "quantize", "doctor": "doctor",
+    "edit": "edit", "batch": "batch", "bench-run": "bench_run", "demo": "demo", "plan": "plan", "quantize": "quantize", "doctor": "doctor",
     "download": "download", "import": "import_official", "train-tiny": "train_tiny",
 }
 

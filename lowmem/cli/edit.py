@@ -116,8 +116,7 @@ def edit_one(args: argparse.Namespace, spec: "EditSpec", image: "Image.Image", c
             print(choice)
         if pipe.offload is not None:
             print(f"plan: {pipe.offload.plan.summary()}")
-    result = pipe.edit(image, spec.instruction, steps=spec.steps, guidance=spec.guidance, seed=spec.seed,
-                       resolution=args.resolution, spot=spec.spot_config(pipe.spot), progress=leader)
+    result = pipe.edit(image, resolution=args.resolution, progress=leader, **spec.edit_arguments(pipe.spot))
     if not leader:
         return 0
     save_image_atomic(result.image, args.out, overwrite=args.overwrite)

@@ -95,13 +95,39 @@ def write_text_atomic(path: Path, text: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, new_file_mode())
-        with os.fdopen(fd, "w") as handle:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def copy_atomic(source: Path, path: Path) -> Path:
+    """Copy `source` to a temporary file beside `path` (bytes, then mode and times, as shutil.copy2
+    does), then rename it over `path`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        shutil.copy2(source, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def remove_temporaries(path: Path) -> None:
+    """Remove what a killed atomic write of `path` left beside it: the temporary names of
+    `write_text_atomic` and `copy_atomic` (.NAME.*) and of `save_image_atomic` (.STEM.*SUFFIX)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for pattern in (f".{path.name}.*", f".{path.stem}.*{path.suffix}"):
+        for leftover in path.parent.glob(pattern):
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
 
 
 def check_new_folder(target: Path) -> None:

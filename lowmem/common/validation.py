@@ -79,6 +79,13 @@ def spot_dilation(value: int) -> int:
     return integer(value, "SpotEdit dilation", 0, MAX_DILATION)
 
 
+def text(value: str, name: str) -> str:
+    """`value` as given when it is a string (empty allowed)."""
+    if not isinstance(value, str):
+        raise ArgumentError(f"{name} must be text, got {type(value).__name__} {value!r}")
+    return value
+
+
 def check_edit_arguments(steps_: int, guidance_: float, seed_: int, resolution_: int) -> None:
     """The sampling arguments of one edit, all at once (the Python API's door)."""
     steps(steps_)

@@ -36,6 +36,8 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     knobs.add_argument("--steps", type=cli_type(validation.steps, "steps"), default=DEFAULTS["steps"], help="denoising steps (default: %(default)s)")
     knobs.add_argument("--guidance", type=cli_type(validation.guidance, "guidance"), default=DEFAULTS["guidance"], help="classifier-free guidance (default: %(default)s)")
     knobs.add_argument("--seed", type=cli_type(validation.seed, "seed"), default=DEFAULTS["seed"], help="random seed (default: %(default)s)")
+    knobs.add_argument("--neg-prompt", dest="negative_prompt", default=DEFAULTS["negative_prompt"], metavar="TEXT",
+                       help="negative prompt: the unconditional text under guidance (default: empty, as trained)")
     knobs.add_argument("--resolution", type=cli_type(validation.resolution, "resolution"), default=1024, help="working resolution, about N x N pixels (default: %(default)s)")
     spot = parser.add_argument_group("SpotEdit (recompute only the edited tokens)")
     spot.add_argument("--spot", nargs="?", const="on", default="off", choices=SPOT_CHOICES, metavar="on|off|auto",
@@ -53,7 +55,7 @@ def edit_spec(args: argparse.Namespace, instruction: Optional[EditInstruction] =
     """The edit the flags ask for; its instruction from the edit flags (exactly one) unless given."""
     return EditSpec(instruction if instruction is not None else instruction_from_args(args), steps=args.steps,
                     guidance=args.guidance, seed=args.seed, spot_threshold=args.spot_threshold,
-                    spot_dilation=args.spot_dilation)
+                    spot_dilation=args.spot_dilation, negative_prompt=args.negative_prompt)
 
 
 def instruction_from_args(args: argparse.Namespace) -> EditInstruction:

@@ -23,6 +23,13 @@ class EditSpec:
     seed: int = 0
     spot_threshold: Union[float, str] = 0.15  # a perceptual score, or "auto"
     spot_dilation: int = 1  # tokens added around the edited region on every side
+    negative_prompt: str = ""  # the unconditional row's text under guidance ("" as trained)
+
+    def edit_arguments(self, spot_enabled: bool) -> dict:
+        """This edit as `SpatialEditPipeline.edit`'s keyword arguments (all but the image and how the run
+        is sized); SpotEdit's settings only when the run has it on (`pipe.spot`)."""
+        return {"instruction": self.instruction, "steps": self.steps, "guidance": self.guidance, "seed": self.seed,
+                "spot": self.spot_config(spot_enabled), "negative_prompt": self.negative_prompt}
 
     def spot_config(self, enabled: bool) -> Optional["SpotConfig"]:
         """SpotEdit's settings for this edit when the run has SpotEdit on, else None."""

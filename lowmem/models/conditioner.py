@@ -211,17 +211,19 @@ class QwenVLConditioner:
             states, mask = states[-self.max_length :], mask[-self.max_length :]
         return states, mask
 
-    def encode(self, images: list, instruction: str, unconditional: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, images: list, instruction: str, unconditional: bool = True,
+               negative: str = "") -> tuple[torch.Tensor, torch.Tensor]:
         """Encode ``images`` + ``instruction``.
 
         Returns (states (B, L, D), mask (B, L) bool on the host), rows [unconditional ; conditional],
         right padded with zeros to one length; with ``unconditional=False`` (guidance <= 1) only the
-        conditional row, as the official pipeline encodes no negative prompt then.
+        conditional row, as the official pipeline encodes no negative prompt then. The unconditional
+        row is ``negative`` in the same template with the same images ("" as trained and benchmarked).
         """
         images = list(images)
         rows = [self._encode_one(build_prompt(instruction, len(images)), images)]
         if unconditional:
-            rows.insert(0, self._encode_one(build_prompt("", len(images)), images))
+            rows.insert(0, self._encode_one(build_prompt(negative, len(images)), images))
         length = max(s.shape[0] for s, _ in rows)
         dim = rows[0][0].shape[1]
         states = rows[0][0].new_zeros((len(rows), length, dim))

@@ -180,11 +180,14 @@ class SpatialEditPipeline:
         resolution: int = 1024,
         progress: bool = True,
         spot: Optional[SpotConfig] = None,
+        negative_prompt: str = "",
     ) -> EditResult:
-        """Edit `image` as `instruction` says; the same seed gives the same image."""
+        """Edit `image` as `instruction` says; the same seed gives the same image. `negative_prompt` is the
+        unconditional row's text under classifier-free guidance ("" as the model was trained)."""
         if self.closed:
             raise LowmemError("this pipeline was closed; load the model again to edit")
         validation.check_edit_arguments(steps, guidance, seed, resolution)
+        validation.text(negative_prompt, "negative_prompt")
         if self.offload is not None and resolution > self.offload.plan.resolution:
             from lowmem.offload import BudgetError
 
@@ -208,7 +211,7 @@ class SpatialEditPipeline:
         offload = self.offload
         with offload.editing() if offload else nullcontext():  # a failed edit leaves the device as it found it
             with report.phase("encode prompt", announce=progress), (offload.encoding() if offload else nullcontext()):
-                states, mask = self.conditioner.encode([source], instruction.text,
+                states, mask = self.conditioner.encode([source], instruction.text, negative=negative_prompt,
                                                        unconditional=guidance_batch(guidance) == 2)
                 # The padding of [uncond ; cond] is read here, once per edit, not in every DiT forward.
                 states, mask = self.cfg_strategy.select(states.to(self.device), TextPadding.from_mask(mask))
