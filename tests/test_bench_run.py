@@ -187,7 +187,7 @@ def wait_for_edits(out: Path, count: int, process: subprocess.Popen, timeout: fl
 
 
 def test_killed_run_resumes_with_only_the_missing_items(tiny_model, tmp_path):
-    meta = write_tiny_bench(tmp_path, per_type=3)
+    meta = write_tiny_bench(tmp_path, per_type=2)
     out = tmp_path / "out"
     command = bench_command(meta, out, tiny_model)
     command[command.index("--steps") + 1] = "40"  # items long enough to be killed mid-run
@@ -198,7 +198,7 @@ def test_killed_run_resumes_with_only_the_missing_items(tiny_model, tmp_path):
         first.send_signal(signal.SIGKILL)
         first.wait()
     finished = {p: p.stat().st_mtime_ns for p in out.rglob("*_e0.png")}
-    assert 1 <= len(finished) < 9
+    assert 1 <= len(finished) < 6
     for edit in finished:  # the edit is written last: a finished item has all its files
         assert edit.with_name(edit.stem + "_src.png").is_file() and edit.with_name(edit.stem + "_prompt.txt").is_file()
 
@@ -209,7 +209,7 @@ def test_killed_run_resumes_with_only_the_missing_items(tiny_model, tmp_path):
     assert second.returncode == 0, second.stderr
     records = read_report(out)["items"]
     edits = {out / r["output"]: r["status"] for r in records}
-    assert len(edits) == 9 and all(path.is_file() for path in edits)
+    assert len(edits) == 6 and all(path.is_file() for path in edits)
     for path, status in edits.items():
         assert status == ("skipped" if path in finished else "done"), path
     for path, mtime in finished.items():
@@ -222,12 +222,11 @@ def test_shard_and_ray_engine_fill_the_same_tree(tiny_model, tmp_path):
     meta = write_tiny_bench(tmp_path, per_type=2)
     local, spread = tmp_path / "local", tmp_path / "ray"
     assert main(bench_command(meta, local, tiny_model)[3:]) == 0
-    for rank in (0, 1):
-        assert main(bench_command(meta, spread, tiny_model, "--shard", f"{rank}/2", "--engine", "ray",
-                                  "--workers", "2")[3:]) == 0
+    for rank, engine in ((0, ["--engine", "ray", "--workers", "2"]), (1, [])):  # two machines sharing one tree
+        assert main(bench_command(meta, spread, tiny_model, "--shard", f"{rank}/2", *engine)[3:]) == 0
         records = read_report(spread, f"lowmem-bench-report-shard-{rank}-of-2")["items"]
         assert [r["item"] for r in records] == list(range(rank + 1, 7, 2))
-        assert len({r["worker"] for r in records}) == 2
+        assert len({r["worker"] for r in records}) == (2 if engine else 1)
     edits = sorted(p.relative_to(local) for p in local.rglob("fullset/**/*.png"))
     assert edits == sorted(p.relative_to(spread) for p in spread.rglob("fullset/**/*.png"))
     for path in edits:

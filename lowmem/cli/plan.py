@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-spot", dest="spot", action="store_false", help="no SpotEdit caches")
     parser.add_argument("--guidance", type=cli_type(validation.guidance, "guidance"), default=5.0,
                         help="guidance scale the edit will use (default 5.0); 1 or less plans a batch of one")
+    parser.add_argument("--steps", type=cli_type(validation.steps, "steps"), default=30,
+                        help="denoising steps to price (default: %(default)s; SpatialEdit-Bench runs 50)")
     parser.add_argument("--model", type=Path, help="plan for this model folder's DiT config instead of the full 16B one")
     parser.add_argument("--compute", choices=COMPUTE_CHOICES, default="auto",
                         help="the DiT's GEMMs: bf16, or W8A8 in fp8 / int8 on cards that run them (default auto: "
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                     device=args.device, host_ram=args.host_ram, guidance=args.guidance, compute=compute)
     timed = time_model.has_device_figures(preset) and plan.device == "cuda"
     steps = time_model.predict(plan, preset, config, compute) if timed else []
-    modes = time_model.mode_times(plan, preset, config) if timed else []
+    modes = time_model.mode_times(plan, preset, config, args.steps) if timed else []
     if args.json:
         data = plan.to_dict()
         data["compute_choice"] = {"requested": args.compute, "mode": compute, "auto": auto, "reason": why}
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     print(plan.format_table())
     print(f"compute: {why}")
     if steps:
-        print(time_model.format_steps(steps, preset))
+        print(time_model.format_steps(steps, preset, args.steps))
         print(time_model.format_modes(modes, preset, auto=auto, chosen=compute))
     else:
         print("time model: give a --preset with device figures (bf16_tflops, sustained, h2d_gbps) to predict step times")

@@ -36,7 +36,7 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     knobs.add_argument("--steps", type=cli_type(validation.steps, "steps"), default=DEFAULTS["steps"], help="denoising steps (default: %(default)s)")
     knobs.add_argument("--guidance", type=cli_type(validation.guidance, "guidance"), default=DEFAULTS["guidance"], help="classifier-free guidance (default: %(default)s)")
     knobs.add_argument("--seed", type=cli_type(validation.seed, "seed"), default=DEFAULTS["seed"], help="random seed (default: %(default)s)")
-    knobs.add_argument("--neg-prompt", dest="negative_prompt", default=DEFAULTS["negative_prompt"], metavar="TEXT",
+    knobs.add_argument("--neg-prompt", "--negative-prompt", dest="negative_prompt", default=DEFAULTS["negative_prompt"], metavar="TEXT",
                        help="negative prompt: the unconditional text under guidance (default: empty, as trained)")
     knobs.add_argument("--resolution", type=cli_type(validation.resolution, "resolution"), default=1024, help="working resolution, about N x N pixels (default: %(default)s)")
     spot = parser.add_argument_group("SpotEdit (recompute only the edited tokens)")
