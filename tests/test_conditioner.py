@@ -78,8 +78,12 @@ def test_encode_shapes_and_semantics(cond: QwenVLConditioner, image: Image.Image
 
     other, _ = cond.encode([image], "Scale the object up.")
     assert not torch.equal(other[1], states[1]) or other.shape != states.shape
-    # The unconditional row does not depend on the instruction.
+    # The unconditional row does not depend on the instruction; it is the negative prompt's ("" by default).
     assert torch.equal(other[0, :n_u], states[0, :n_u])
+    empty, _ = cond.encode([image], INSTRUCTION, negative="")
+    assert torch.equal(empty, states)
+    negative, negative_mask = cond.encode([image], INSTRUCTION, negative="blurry, distorted")
+    assert negative_mask[0].sum() > mask[0].sum() and torch.equal(negative[1, : mask[1].sum()], states[1, : mask[1].sum()])
 
 
 def test_deterministic_across_loads(tiny_folder: Path, cond: QwenVLConditioner, image: Image.Image) -> None:

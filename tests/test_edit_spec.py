@@ -23,14 +23,14 @@ def edit_flags(argv: list[str]) -> argparse.Namespace:
 
 def test_flags_and_a_job_line_build_the_same_spec(tmp_path):
     argv = ["--rotate", "back", "--object", "chair", "--steps", "12", "--guidance", "3.5", "--seed", "7",
-            "--spot-threshold", "auto", "--spot-dilation", "2"]
+            "--spot-threshold", "auto", "--spot-dilation", "2", "--neg-prompt", "blurry"]
     from_flags = edit_spec(edit_flags(argv))
     line = {"image": "a.png", "rotate": "back", "object": "chair", "steps": 12, "guidance": 3.5, "seed": 7,
-            "spot_threshold": "auto", "spot_dilation": 2}
+            "spot_threshold": "auto", "spot_dilation": 2, "negative_prompt": "blurry"}
     job = parse_job(json.dumps(line), 1, edit_flags([]), tmp_path, {})
     assert job.spec == from_flags
     assert from_flags == EditSpec(instructions.rotate("chair", "back"), steps=12, guidance=3.5, seed=7,
-                                  spot_threshold="auto", spot_dilation=2)
+                                  spot_threshold="auto", spot_dilation=2, negative_prompt="blurry")
 
 
 def test_the_flags_defaults_are_the_specs():
