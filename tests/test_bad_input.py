@@ -92,8 +92,10 @@ def test_edit_budget_below_minimum(tiny_model, image_file, tmp_path, capsys):
 
 
 def test_edit_bad_budget_string(tiny_model, image_file, tmp_path, capsys):
-    line = one_line_error(main(edit(tiny_model, image_file, tmp_path / "out.png", "--rotate", "left", "--budget", "lots")), capsys)
-    assert "lots" in line
+    with pytest.raises(SystemExit) as refused:  # the parser refuses it, before anything is loaded
+        main(edit(tiny_model, image_file, tmp_path / "out.png", "--rotate", "left", "--budget", "lots"))
+    line = one_line_error(refused.value.code, capsys)
+    assert "--budget" in line and "lots" in line
 
 
 def test_edit_output_in_a_missing_folder(tiny_model, image_file, tmp_path, capsys):
@@ -162,7 +164,9 @@ def test_plan_budget_below_minimum(capsys):
 
 
 def test_plan_unknown_preset(capsys):
-    line = one_line_error(main(["plan", "--preset", "gtx-480"]), capsys)
+    with pytest.raises(SystemExit) as refused:
+        main(["plan", "--preset", "gtx-480"])
+    line = one_line_error(refused.value.code, capsys)
     assert "gtx-480" in line and "rtx4090-24gb" in line
 
 

@@ -6,9 +6,10 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from lowmem.cli import option_types
 from lowmem.cli.quantize import SCHEME_CHOICES
 from lowmem.edits import COMPUTE_CHOICES, COMPUTE_HELP, add_edit_arguments
-from lowmem.errors import OutputPathError
+from lowmem.common.paths import check_output_folder
 
 HELP = "run many edits from a JSON-lines jobs file (resumable; in this process or with --engine ray)"
 
@@ -18,9 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                 'e.g. {"image": "a.png", "rotate": "back", "seed": 1, "name": "a-back.png"}')
     parser.add_argument("--out", required=True, type=Path, help="output folder (created; holds the images and the batch report)")
     parser.add_argument("--model", required=True, type=Path, help="model folder (official layout or `lowmem quantize` output)")
-    parser.add_argument("--device", help="compute device (default: cuda when available, else cpu)")
-    parser.add_argument("--budget", help="memory budget of each worker's device, e.g. 24GB or 'auto' (default on a GPU: auto)")
-    parser.add_argument("--preset", help="hardware preset from offload_plans/ (e.g. rtx4090-24gb)")
+    parser.add_argument("--device", type=option_types.device, help="compute device (default: cuda when available, else cpu)")
+    parser.add_argument("--budget", type=option_types.budget, help="memory budget of each worker's device, e.g. 24GB or 'auto' (default on a GPU: auto)")
+    parser.add_argument("--preset", type=option_types.preset, help="hardware preset from offload_plans/ (e.g. rtx4090-24gb)")
     parser.add_argument("--quantization", choices=SCHEME_CHOICES, help="quantize an original model folder while loading")
     parser.add_argument("--compute", choices=COMPUTE_CHOICES, default="auto", help=COMPUTE_HELP)
     parser.add_argument("--engine", choices=("local", "ray"), default="local",
@@ -35,10 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lowmem.models.layout import open_model_folder
 
-    if not args.out.parent.is_dir():
-        raise OutputPathError(f"output folder {args.out.parent} does not exist; create it first")
-    if args.out.exists() and not args.out.is_dir():
-        raise OutputPathError(f"--out {args.out} is a file; give a folder")
+    check_output_folder(args.out)
     open_model_folder(args.model)  # a wrong --model is refused before any job is read
     from lowmem.batch import BatchDriver, BatchSettings, Job, read_jobs  # not at the top: it imports torch
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lowmem.cli import option_types
 from lowmem.cli.quantize import SCHEME_CHOICES
 from lowmem.common import validation
 from lowmem.common.validation import cli_type
 from lowmem.edits import COMPUTE_CHOICES, COMPUTE_HELP
 from lowmem.edits.fields import SPOT_CHOICES
-from lowmem.errors import ArgumentError, OutputPathError
+from lowmem.common.paths import check_output_folder
+from lowmem.errors import ArgumentError
 
 HELP = "run SpatialEdit-Bench: its meta file in, the official output tree (fullset/<type>/en/...) out, resumable"
 
@@ -44,9 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     knobs.add_argument("--basesize", type=cli_type(validation.resolution, "basesize"), default=OFFICIAL_BASESIZE,
                        help="base size of the input buckets (default: %(default)s)")
     run = parser.add_argument_group("how it runs")
-    run.add_argument("--device", help="compute device (default: cuda when available, else cpu)")
-    run.add_argument("--budget", help="memory budget of each worker's device, e.g. 24GB or 'auto' (default on a GPU: auto)")
-    run.add_argument("--preset", help="hardware preset from offload_plans/ (e.g. rtx4090-24gb)")
+    run.add_argument("--device", type=option_types.device, help="compute device (default: cuda when available, else cpu)")
+    run.add_argument("--budget", type=option_types.budget, help="memory budget of each worker's device, e.g. 24GB or 'auto' (default on a GPU: auto)")
+    run.add_argument("--preset", type=option_types.preset, help="hardware preset from offload_plans/ (e.g. rtx4090-24gb)")
     run.add_argument("--quantization", choices=SCHEME_CHOICES, help="quantize an original model folder while loading")
     run.add_argument("--compute", choices=COMPUTE_CHOICES, default="auto", help=COMPUTE_HELP)
     run.add_argument("--spot", nargs="?", const="on", default="off", choices=SPOT_CHOICES, metavar="on|off|auto",
@@ -78,10 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from lowmem.models.layout import open_model_folder
 
     rank, world = parse_shard(args.shard)
-    if args.out.exists() and not args.out.is_dir():
-        raise OutputPathError(f"--out {args.out} is a file; give a folder")
-    if not args.out.parent.is_dir():
-        raise OutputPathError(f"the folder {args.out.parent} of --out does not exist; create it first")
+    check_output_folder(args.out)
     open_model_folder(args.model)  # a wrong --model is refused before any item is read
     items = read_meta(args.meta, args.data, args.out)[rank::world]
 

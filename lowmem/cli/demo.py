@@ -15,6 +15,7 @@ from typing import Optional
 
 from PIL import Image
 
+from lowmem.cli import option_types
 from lowmem import instructions
 from lowmem.common.paths import check_output_path, check_writable_folder, same_file
 from lowmem.edits import COMPUTE_CHOICES, COMPUTE_HELP, add_edit_arguments, edit_spec, instruction_from_args
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace those files when --out-dir already has them")
     parser.add_argument("--quantization", choices=("nf4", "int8", "fp8", "none"), default="nf4", help="quantize first (default: %(default)s)")
     parser.add_argument("--compute", choices=COMPUTE_CHOICES, default="auto", help=COMPUTE_HELP)
-    parser.add_argument("--budget", help="memory budget to plan for (default: 256MB on the CPU, 2GB on a GPU: the tiny model's)")
+    parser.add_argument("--budget", type=option_types.budget, help="memory budget to plan for (default: 256MB on the CPU, 2GB on a GPU: the tiny model's)")
     add_edit_arguments(parser)
     # Sampled as the tiny model was trained: guidance 1 (its unconditional branch saw 10% of the rows).
     parser.set_defaults(steps=16, guidance=1.0, resolution=TINY_RESOLUTION, object=OBJECT_NAME, spot="on",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from lowmem.cli import option_types
 from lowmem.common.paths import check_distinct, check_output_path
 from lowmem.cli.quantize import SCHEME_CHOICES
 from lowmem.edits import COMPUTE_CHOICES, COMPUTE_HELP, add_edit_arguments, edit_spec
@@ -30,10 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out if it exists (and --report, when that file is an earlier run report)")
     parser.add_argument("--report", type=Path, help="also write the run report as JSON here")
-    parser.add_argument("--device", help="compute device (default: cuda when available, else cpu)")
-    parser.add_argument("--budget", help="memory budget of the compute device, e.g. 24GB, or 'auto' for what is free now: "
+    parser.add_argument("--device", type=option_types.device, help="compute device (default: cuda when available, else cpu)")
+    parser.add_argument("--budget", type=option_types.budget, help="memory budget of the compute device, e.g. 24GB, or 'auto' for what is free now: "
                                          "plan what stays resident and what streams (default on a GPU: auto)")
-    parser.add_argument("--preset", help="hardware preset from offload_plans/ (e.g. rtx4090-24gb)")
+    parser.add_argument("--preset", type=option_types.preset, help="hardware preset from offload_plans/ (e.g. rtx4090-24gb)")
     parser.add_argument("--quantization", choices=SCHEME_CHOICES,
                         help="quantize an original model folder while loading (a `lowmem quantize` folder needs no flag)")
     parser.add_argument("--compute", choices=COMPUTE_CHOICES, default="auto", help=COMPUTE_HELP)

@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from lowmem.cli import option_types
 from lowmem.common import validation
 from lowmem.common.validation import cli_type
 from lowmem.edits import COMPUTE_CHOICES
@@ -18,8 +19,8 @@ HELP = ("show how a run would use a memory budget: what stays resident, what str
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from lowmem.planning.presets import PRECISIONS, available_presets
 
-    parser.add_argument("--budget", help="compute-device memory budget, e.g. 24GB, 24GiB, 512MB")
-    parser.add_argument("--preset", help=f"hardware preset: {', '.join(available_presets())} (or a .toml path)")
+    parser.add_argument("--budget", type=option_types.budget, help="compute-device memory budget, e.g. 24GB, 24GiB, 512MB")
+    parser.add_argument("--preset", type=option_types.preset, help=f"hardware preset: {', '.join(available_presets())} (or a .toml path)")
     parser.add_argument("--resolution", type=cli_type(validation.resolution, "resolution"), help="working resolution, N x N pixels (default: 1024 or the preset's)")
     parser.add_argument("--quantization", choices=PRECISIONS, help="DiT weight precision (default: bf16 or the preset's)")
     parser.add_argument("--device", choices=("cuda", "cpu"), help="compute device kind (default: cuda or the preset's)")

@@ -35,6 +35,23 @@ def check_writable_folder(folder: Path) -> None:
         raise OutputPathError(f"output folder {folder} {what}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputPathError(f"output folder {folder} is not writable; choose another place")
+    # Permissions are not the whole story (/proc, /sys, a read-only mount, a full inode table): create
+    # the kind of temporary file the output will be written through, before any work is done.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".lowmem-write-check.", dir=folder)
+    except OSError as exc:
+        raise OutputPathError(f"cannot create files in {folder} ({exc.strerror or exc}); choose another place") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_output_folder(folder: Path, flag: str = "--out") -> None:
+    """Raise OutputPathError unless `folder` (made by the command, or there from an earlier run) can
+    take new files: an existing folder, or an absent one inside a folder that can."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(f"{flag} {folder} is a file; give a folder")
+    check_writable_folder(folder if folder.is_dir() else folder.parent)
 
 
 def _name_max(folder: Path) -> int:
