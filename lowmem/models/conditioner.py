@@ -164,6 +164,11 @@ class QwenVLConditioner:
         """The text decoder layers, for the offload streamer."""
         return self.model.model.language_model.layers
 
+    def stages(self) -> list[nn.Module]:
+        """The vision blocks and the text decoder layers, each run once per encoded prompt: what a
+        progress bar counts."""
+        return [*self.model.model.visual.blocks, *self.decoder_layers]
+
     @property
     def device(self) -> torch.device:
         """Device of the input embeddings (where inputs must go)."""

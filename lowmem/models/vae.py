@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from diffusers import AutoencoderKLWan
 
@@ -177,6 +177,13 @@ class WanVAE:
         z = self.module.config.z_dim
         if latents.ndim != 5 or latents.shape[1] != z or latents.shape[2] != 1:
             raise ValueError(f"expected latents of shape (B, {z}, 1, h, w), got {tuple(latents.shape)}")
+
+    def stages(self, part: str) -> list[nn.Module]:
+        """The top-level stages of the "encoder" or the "decoder", each run once per pass (per tile when
+        tiled): what a progress bar counts."""
+        coder = self.module.encoder if part == "encoder" else self.module.decoder
+        blocks = coder.down_blocks if part == "encoder" else coder.up_blocks
+        return [*blocks, coder.mid_block]
 
     # ------------------------------------------------------------------ encode / decode
     @torch.no_grad()

@@ -9,6 +9,7 @@ rescaled to the norm of the conditional one.
 from __future__ import annotations
 
 import gc
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from lowmem.common import validation
+from lowmem.common.forward_progress import forward_progress
 from lowmem.common.images import fit_bucket, load_image, to_model_tensor, to_pil
 from lowmem.errors import LowmemError
 from lowmem.instructions import EditInstruction
@@ -43,6 +45,13 @@ class EditResult:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+LONG_EDIT_SECONDS = 60  # an edit predicted to take longer is announced with its prediction
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -210,13 +219,20 @@ class SpatialEditPipeline:
 
         offload = self.offload
         with offload.editing() if offload else nullcontext():  # a failed edit leaves the device as it found it
+            rows = guidance_batch(guidance)
             with report.phase("encode prompt", announce=progress), (offload.encoding() if offload else nullcontext()):
-                states, mask = self.conditioner.encode([source], instruction.text, negative=negative_prompt,
-                                                       unconditional=guidance_batch(guidance) == 2)
+                stages = self.conditioner.stages()
+                with forward_progress(stages, "encode prompt", len(stages) * rows, progress):
+                    states, mask = self.conditioner.encode([source], instruction.text, negative=negative_prompt,
+                                                           unconditional=rows == 2)
                 # The padding of [uncond ; cond] is read here, once per edit, not in every DiT forward.
                 states, mask = self.cfg_strategy.select(states.to(self.device), TextPadding.from_mask(mask))
+            if progress:
+                self._announce_long_edit(source.size, states.shape[1], rows, steps)
             with report.phase("encode image", announce=progress):
-                condition = self.vae.encode(to_model_tensor(source).to(self.device), generator=generator)
+                stages = self.vae.stages("encoder")
+                with forward_progress(stages, "encode image", len(stages), progress):
+                    condition = self.vae.encode(to_model_tensor(source).to(self.device), generator=generator)
             spotting = spot is not None and spot.enabled
             with report.phase("denoise", announce=progress), (offload.denoising(spotting) if offload else nullcontext()):
                 if spotting:
@@ -229,11 +245,27 @@ class SpatialEditPipeline:
                 else:
                     latents, outcome = self.denoise(condition, states, mask, steps, guidance, generator, progress), None
             with report.phase("decode", announce=progress), (offload.decoding() if offload else nullcontext()):
-                decoded = self.vae.decode(latents, **(offload.decode_kwargs() if offload else {}))
+                decode_kwargs = offload.decode_kwargs() if offload else {}
+                stages = self.vae.stages("decoder")  # once, or once per tile: a count without a total then
+                with forward_progress(stages, "decode", None if decode_kwargs.get("tiled") else len(stages), progress):
+                    decoded = self.vae.decode(latents, **decode_kwargs)
         if offload:
             report.extra.update(offload.report_items())
         spot_mask = outcome.mask_image(source.size) if outcome is not None else None
         return EditResult(image=to_pil(decoded), report=report.finish(), input_image=source, spot_mask=spot_mask)
+
+    def _announce_long_edit(self, size: tuple[int, int], text_tokens: int, rows: int, steps: int) -> None:
+        """Say before the long phases when an edit will take over a minute (the 16B model at 4096 px on
+        a CPU takes hours): traced FLOPs over a GEMM rate measured here (`planning.edit_time`)."""
+        from lowmem.planning.edit_time import edit_flops, measured_gemm_rate
+        from lowmem.planning.phase_peaks import vae_config_key
+
+        flops = edit_flops(self.dit.config, vae_config_key(self.vae.module.config), *size, text_tokens, rows, steps)
+        rate = measured_gemm_rate(self.device, self.dtype)
+        if flops / rate > LONG_EDIT_SECONDS:
+            tqdm.write(f"this edit is predicted to take at least {_duration(flops / rate)} on {self.device} "
+                       f"({flops / 1e12:.1f} TFLOP for {steps} steps and the VAE, at the {rate / 1e12:.2f} TFLOP/s "
+                       f"a large matmul runs at here); every phase shows its progress", file=sys.stderr)
 
     def _host_spot_cache(self, cache_device) -> Optional[SpotKVCache]:
         """SpotEdit's caches when they live on the host, kept for the pipeline's life: their pinned arena
