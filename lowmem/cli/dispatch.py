@@ -24,7 +24,7 @@ from lowmem.errors import LowmemError
 
 COMMANDS = {  # name -> module in lowmem.cli
     "edit": "edit", "batch": "batch", "demo": "demo", "plan": "plan", "quantize": "quantize", "doctor": "doctor",
-    "download": "download", "import": "import_official", "train-tiny": "train_tiny",
+    "download": "download", "import": "import_official", "train-tiny": "train_tiny", "ui": "ui",
 }
 
 

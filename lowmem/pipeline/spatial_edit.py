@@ -11,8 +11,9 @@ from __future__ import annotations
 import gc
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 from PIL import Image
@@ -180,8 +181,13 @@ class SpatialEditPipeline:
         resolution: int = 1024,
         progress: bool = True,
         spot: Optional[SpotConfig] = None,
+        on_progress: Optional[Callable[[str, int], None]] = None,
     ) -> EditResult:
-        """Edit `image` as `instruction` says; the same seed gives the same image."""
+        """Edit `image` as `instruction` says; the same seed gives the same image.
+
+        `on_progress(phase, steps_done)` is called as each phase starts and after each denoising step (a
+        long-lived server shows it, and stops the edit by raising from it: the device is given back as
+        after any failure)."""
         if self.closed:
             raise LowmemError("this pipeline was closed; load the model again to edit")
         validation.check_edit_arguments(steps, guidance, seed, resolution)
@@ -206,26 +212,33 @@ class SpatialEditPipeline:
         generator = torch.Generator("cpu").manual_seed(seed)
 
         offload = self.offload
+        notify = on_progress or (lambda phase, steps_done: None)
         with offload.editing() if offload else nullcontext():  # a failed edit leaves the device as it found it
             with report.phase("encode prompt", announce=progress), (offload.encoding() if offload else nullcontext()):
+                notify("encode prompt", 0)
                 states, mask = self.conditioner.encode([source], instruction.text,
                                                        unconditional=guidance_batch(guidance) == 2)
                 # The padding of [uncond ; cond] is read here, once per edit, not in every DiT forward.
                 states, mask = self.cfg_strategy.select(states.to(self.device), TextPadding.from_mask(mask))
             with report.phase("encode image", announce=progress):
+                notify("encode image", 0)
                 condition = self.vae.encode(to_model_tensor(source).to(self.device), generator=generator)
             spotting = spot is not None and spot.enabled
             with report.phase("denoise", announce=progress), (offload.denoising(spotting) if offload else nullcontext()):
+                notify("denoise", 0)
+                on_step = partial(notify, "denoise")
                 if spotting:
                     if offload and spot.cache_device is None:
                         spot = replace(spot, cache_device=offload.spot_cache_device())
                     latents, outcome = spot_denoise(self.dit, self.vae, condition, states, mask, steps, guidance,
                                                     generator, spot, self.device, self.dtype, progress, self.cfg_strategy,
-                                                    cache=self._host_spot_cache(spot.cache_device))
+                                                    cache=self._host_spot_cache(spot.cache_device), on_step=on_step)
                     report.extra.update(outcome.report_items())
                 else:
-                    latents, outcome = self.denoise(condition, states, mask, steps, guidance, generator, progress), None
+                    latents, outcome = self.denoise(condition, states, mask, steps, guidance, generator, progress,
+                                                    on_step), None
             with report.phase("decode", announce=progress), (offload.decoding() if offload else nullcontext()):
+                notify("decode", steps)
                 decoded = self.vae.decode(latents, **(offload.decode_kwargs() if offload else {}))
         if offload:
             report.extra.update(offload.report_items())
@@ -253,8 +266,10 @@ class SpatialEditPipeline:
         guidance: float,
         generator: torch.Generator,
         progress: bool = True,
+        on_step: Optional[Callable[[int], None]] = None,
     ) -> torch.Tensor:
-        """Flow-matching sampling from noise; `condition` (1, C, 1, h, w) normalised VAE latents."""
+        """Flow-matching sampling from noise; `condition` (1, C, 1, h, w) normalised VAE latents.
+        `on_step(steps_done)` after each step."""
         scheduler = make_scheduler(steps)
         x = torch.randn(condition.shape, generator=generator, dtype=torch.float32).to(self.device)
         condition = condition.float()
@@ -266,4 +281,6 @@ class SpatialEditPipeline:
             v = self.dit(items.to(self.dtype), timestep, states, mask).float()
             v = self.cfg_strategy.velocity(v, guidance)
             x = scheduler.step(v, t, x).prev_sample
+            if on_step is not None:
+                on_step(i + 1)
         return x
