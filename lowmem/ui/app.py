@@ -25,7 +25,13 @@ from lowmem.ui.service import SPOT_CHOICES, EditService
 
 DEVICE_QUEUE = "device"  # the concurrency group of every edit
 MAX_PAGE_STEPS = 100
-IMAGE_HEIGHT = 256  # pixels on the page; a 64 px tiny-model image is shown enlarged
+IMAGE_HEIGHT = 256  # pixels on the page
+# Small images (the tiny model's are 64 px) fill their frame, pixels kept sharp, instead of a thumbnail.
+PAGE_CSS = """
+#input-image img, #box-preview img, #result img, #region img {
+    width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated;
+}
+"""
 PREVIEW_OBJECT = "object"  # the move preview checks the box alone; the name is checked when the edit runs
 
 

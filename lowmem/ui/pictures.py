@@ -12,7 +12,7 @@ from PIL import Image
 from lowmem.common.images import fit_bucket
 from lowmem.instructions import draw_box
 
-CANVAS_SIZE = (512, 384)  # the canvas shows the input scaled (up or down) to fit this; boxes stay in its pixels
+CANVAS_SIZE = (384, 288)  # the canvas shows the input scaled (up or down) to fit this; boxes stay in its pixels
 REGION_TINT = (255, 64, 0)
 
 

@@ -68,7 +68,9 @@ def load(settings: ServerSettings) -> tuple["EditService", "PageDefaults"]:
 def launch(app: "gr.Blocks", host: str, port: int, share: bool, block: bool = True) -> str:
     """Serve `app` at host:port (a public share link only when `share`); the local URL. With `block`,
     until Ctrl-C."""
+    from lowmem.ui.app import PAGE_CSS
+
     app.queue()
     _, url, _ = app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
-                           max_file_size=MAX_UPLOAD, quiet=not block, ssr_mode=False)
+                           max_file_size=MAX_UPLOAD, quiet=not block, ssr_mode=False, css=PAGE_CSS)
     return url
