@@ -24,8 +24,8 @@ class ImageUpload(gr.Image):
 
 
 # The value: {"src": a display copy of the input as a data URL, "width"/"height": the input's size,
-# "shown": its size on the page, "box": [x0, y0, x1, y1] in the input's pixels, or null}. The outline is drawn from the value, so
-# what the page shows is what the server holds.
+# "shown": its size on the page, "box": [x0, y0, x1, y1] in the input's pixels, or null}. The outline
+# is drawn from the value, so what the page shows is what the server holds.
 BOX_TEMPLATE = """
 <div class="box-canvas">
 ${value && value.src ? `
