@@ -23,8 +23,8 @@ from typing import Iterator, Optional, Sequence
 from lowmem.errors import LowmemError
 
 COMMANDS = {  # name -> module in lowmem.cli
-    "edit": "edit", "batch": "batch", "bench-run": "bench_run", "demo": "demo", "plan": "plan", "quantize": "quantize", "doctor": "doctor",
-    "download": "download", "import": "import_official", "train-tiny": "train_tiny",
+    "edit": "edit", "batch": "batch", "bench-run": "bench_run", "demo": "demo", "plan": "plan", "quantize": "quantize",
+    "doctor": "doctor", "download": "download", "import": "import_official", "train-tiny": "train_tiny", "ui": "ui",
 }
 
 

@@ -12,8 +12,9 @@ import gc
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 from PIL import Image
@@ -190,9 +191,14 @@ class SpatialEditPipeline:
         progress: bool = True,
         spot: Optional[SpotConfig] = None,
         negative_prompt: str = "",
+        on_progress: Optional[Callable[[str, int], None]] = None,
     ) -> EditResult:
         """Edit `image` as `instruction` says; the same seed gives the same image. `negative_prompt` is the
-        unconditional row's text under classifier-free guidance ("" as the model was trained)."""
+        unconditional row's text under classifier-free guidance ("" as the model was trained).
+
+        `on_progress(phase, steps_done)` is called as each phase starts and after each denoising step (a
+        long-lived server shows it, and stops the edit by raising from it: the device is given back as
+        after any failure)."""
         if self.closed:
             raise LowmemError("this pipeline was closed; load the model again to edit")
         validation.check_edit_arguments(steps, guidance, seed, resolution)
@@ -218,9 +224,11 @@ class SpatialEditPipeline:
         generator = torch.Generator("cpu").manual_seed(seed)
 
         offload = self.offload
+        notify = on_progress or (lambda phase, steps_done: None)
         with offload.editing() if offload else nullcontext():  # a failed edit leaves the device as it found it
             rows = guidance_batch(guidance)
             with report.phase("encode prompt", announce=progress), (offload.encoding() if offload else nullcontext()):
+                notify("encode prompt", 0)
                 stages = self.conditioner.stages()
                 with forward_progress(stages, "encode prompt", len(stages) * rows, progress):
                     states, mask = self.conditioner.encode([source], instruction.text, negative=negative_prompt,
@@ -230,21 +238,26 @@ class SpatialEditPipeline:
             if progress:
                 self._announce_long_edit(source.size, states.shape[1], rows, steps)
             with report.phase("encode image", announce=progress):
+                notify("encode image", 0)
                 stages = self.vae.stages("encoder")
                 with forward_progress(stages, "encode image", len(stages), progress):
                     condition = self.vae.encode(to_model_tensor(source).to(self.device), generator=generator)
             spotting = spot is not None and spot.enabled
             with report.phase("denoise", announce=progress), (offload.denoising(spotting) if offload else nullcontext()):
+                notify("denoise", 0)
+                on_step = partial(notify, "denoise")
                 if spotting:
                     if offload and spot.cache_device is None:
                         spot = replace(spot, cache_device=offload.spot_cache_device())
                     latents, outcome = spot_denoise(self.dit, self.vae, condition, states, mask, steps, guidance,
                                                     generator, spot, self.device, self.dtype, progress, self.cfg_strategy,
-                                                    cache=self._host_spot_cache(spot.cache_device))
+                                                    cache=self._host_spot_cache(spot.cache_device), on_step=on_step)
                     report.extra.update(outcome.report_items())
                 else:
-                    latents, outcome = self.denoise(condition, states, mask, steps, guidance, generator, progress), None
+                    latents, outcome = self.denoise(condition, states, mask, steps, guidance, generator, progress,
+                                                    on_step), None
             with report.phase("decode", announce=progress), (offload.decoding() if offload else nullcontext()):
+                notify("decode", steps)
                 decode_kwargs = offload.decode_kwargs() if offload else {}
                 stages = self.vae.stages("decoder")  # once, or once per tile: a count without a total then
                 with forward_progress(stages, "decode", None if decode_kwargs.get("tiled") else len(stages), progress):
@@ -288,8 +301,10 @@ class SpatialEditPipeline:
         guidance: float,
         generator: torch.Generator,
         progress: bool = True,
+        on_step: Optional[Callable[[int], None]] = None,
     ) -> torch.Tensor:
-        """Flow-matching sampling from noise; `condition` (1, C, 1, h, w) normalised VAE latents."""
+        """Flow-matching sampling from noise; `condition` (1, C, 1, h, w) normalised VAE latents.
+        `on_step(steps_done)` after each step."""
         scheduler = make_scheduler(steps)
         x = torch.randn(condition.shape, generator=generator, dtype=torch.float32).to(self.device)
         condition = condition.float()
@@ -301,4 +316,6 @@ class SpatialEditPipeline:
             v = self.dit(items.to(self.dtype), timestep, states, mask).float()
             v = self.cfg_strategy.velocity(v, guidance)
             x = scheduler.step(v, t, x).prev_sample
+            if on_step is not None:
+                on_step(i + 1)
         return x

@@ -16,7 +16,7 @@ latents) are made on the host and sent to the device once per selection (`Select
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -104,12 +104,13 @@ def spot_denoise(
     progress: bool = True,
     cfg: Optional[BatchedGuidance] = None,
     cache: Optional[SpotKVCache] = None,
+    on_step: Optional[Callable[[int], None]] = None,
 ) -> tuple[torch.Tensor, SpotOutcome]:
     """`SpatialEditPipeline.denoise` with SpotEdit; same noise and full steps as the plain loop. `cfg`: where
     the CFG rows run (default: both here); under CFG parallel each rank caches the K/V of its own row,
     and the guided velocity, hence the selector's mask, is the same on every rank. `cache`: the caller's,
     kept from edit to edit (its device memory is given back after this one, its host arena is not);
-    None: caches made for this edit, given back whole after it."""
+    None: caches made for this edit, given back whole after it. `on_step(steps_done)` after each step."""
 
     model = dit if hasattr(dit, "partial") and hasattr(dit, "new_cache") else DiTSpotModel(dit)
     scheduler = make_scheduler(steps)
@@ -153,6 +154,8 @@ def spot_denoise(
                 chosen = selector.select(x - sigma * v)  # for the coming segment; after the last: the region
                 edited = Selection.of(chosen, device) if chosen is not None else None
             x = scheduler.step(v, t, x).prev_sample
+            if on_step is not None:
+                on_step(i + 1)
 
         if edited is not None and not edited.everything:
             x = replace_tokens(x, condition, edited.mask.to(x.device))
