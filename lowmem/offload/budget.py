@@ -42,7 +42,7 @@ def parse_bytes(text: str | int | float) -> int:
         match = _PATTERN.match(text)
         if match is None or match.group(2).lower() not in _UNITS:
             if match is not None and not match.group(2):  # "24": bytes or GB? Refused, not guessed
-                raise BudgetError(f"memory size {text!r} has no unit; {HOW_TO_WRITE} (a plain number is ambiguous)")
+                raise BudgetError(f"memory size {text!r} has no unit (it could mean bytes or GB); {HOW_TO_WRITE}")
             raise BudgetError(f"cannot read memory size {text!r}; {HOW_TO_WRITE}")
         value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
     if value < 1:
