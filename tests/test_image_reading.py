@@ -62,6 +62,12 @@ def test_values_beyond_16_bits_are_stretched_and_said():
     assert "stretched" in notes[0] and "-10..100000" in notes[0]
 
 
+def test_pixels_that_are_not_finite_are_read_as_black_and_said():
+    rgb, notes = to_rgb(Image.fromarray(np.array([[np.nan, 0.5, np.inf, 1.0]], dtype=np.float32)))
+    assert pixels(rgb)[0, :, 0].tolist() == [0, 128, 0, 255]
+    assert notes == ["the input has 2 pixels that are not finite (nan, inf): they were read as black"]
+
+
 def test_half_transparent_rgba_is_composited_over_the_stated_background(tmp_path):
     rgba = np.zeros((4, 4, 4), dtype=np.uint8)
     rgba[...] = (255, 0, 0, 128)  # half-transparent red

@@ -118,7 +118,7 @@ def _wide_gray_to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
     notes = []
     finite = np.isfinite(values)
     if not finite.all():
-        notes.append(f"the input has {int((~finite).sum())} pixels that are not numbers (nan, inf): they were read as 0")
+        notes.append(f"the input has {int((~finite).sum())} pixels that are not finite (nan, inf): they were read as black")
         values = np.where(finite, values, 0.0)
     if image.mode.startswith("I;16"):
         low, high = 0.0, 65535.0
