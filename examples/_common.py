@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from lowmem.common.images import load_image
+from lowmem.common.images import open_image
 from lowmem.tiny.scenes import HELD_OUT_SEEDS, OBJECT_NAME, render_pair
 from lowmem.tiny.trained_model import trained_tiny_model
 
@@ -37,5 +37,5 @@ def model_and_image(args: argparse.Namespace, kind: str) -> tuple[Path, Image.Im
         args.guidance = 1.0 if tiny else 5.0
     if args.object is None:
         args.object = OBJECT_NAME if tiny else "object"
-    image = load_image(args.image) if args.image else render_pair(HELD_OUT_SEEDS, kind).source.image
+    image = open_image(args.image) if args.image else render_pair(HELD_OUT_SEEDS, kind).source.image
     return model, image

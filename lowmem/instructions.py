@@ -9,10 +9,12 @@ values, because the model would silently produce something else.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from numbers import Integral, Real
+from typing import TYPE_CHECKING, Optional, Union
 
 from PIL import Image, ImageDraw
 
+from lowmem.common.validation import finite
 from lowmem.errors import InstructionError
 
 if TYPE_CHECKING:
@@ -36,12 +38,19 @@ class EditInstruction:
 
     def __post_init__(self) -> None:
         # Born here for every face (flags, jobs files, the API): a blank prompt would edit with no instruction.
-        if not str(self.text).strip():
+        if not isinstance(self.text, str):
+            raise InstructionError(f"the instruction must be text, got {type(self.text).__name__} {self.text!r}; "
+                                   "write what to edit, or build it with lowmem.instructions (rotate, move_to_box, ...)")
+        if not self.text.strip():
             raise InstructionError("the instruction is empty (or only spaces); say what to edit, e.g. "
                                    "--instruction \"rotate the chair to face left\", or use --rotate/--move-box/...")
+        if self.box is not None:
+            object.__setattr__(self, "box", _pixel_box(self.box))
 
     def check_box_inside(self, image_size: tuple[int, int]) -> None:
         """Raise InstructionError when the box reaches outside an input image of `image_size` (w, h)."""
+        if not (isinstance(image_size, (tuple, list)) and len(image_size) == 2):
+            raise InstructionError(f"image_size is the input image's (width, height), got {image_size!r}")
         if self.box is not None and (self.box[2] > image_size[0] or self.box[3] > image_size[1]):
             raise InstructionError(f"box {self.box} reaches outside the {image_size[0]}x{image_size[1]} input image; "
                                    "give it in the input image's pixels")
@@ -59,8 +68,45 @@ class EditInstruction:
         return draw_box(image, box)
 
 
+def as_instruction(instruction: Union[str, EditInstruction]) -> EditInstruction:
+    """What `SpatialEditPipeline.edit` takes as its instruction: text, or one this module built."""
+    if isinstance(instruction, EditInstruction):
+        return instruction
+    if not isinstance(instruction, str):
+        raise InstructionError(f"the instruction must be text or a lowmem.instructions.EditInstruction, got "
+                               f"{type(instruction).__name__} {instruction!r}; e.g. instructions.rotate('chair', 'left')")
+    return EditInstruction(instruction)
+
+
+def _whole(value: object) -> bool:
+    """Whether `value` is a whole number (2, numpy's int64, 2.0), not True or 2.5."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, Integral) or isinstance(value, Real) and float(value).is_integer()
+
+
+def _pixel_box(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """`box` as four whole pixel coordinates x0 < x1, y0 < y1, all >= 0."""
+    try:
+        values = tuple(box)
+    except TypeError:
+        raise InstructionError(f"a box is four pixel coordinates x0,y0,x1,y1, got {box!r}") from None
+    if len(values) != 4 or not all(_whole(v) for v in values):
+        raise InstructionError(f"a box is four whole pixel coordinates x0,y0,x1,y1, got {box!r}")
+    x0, y0, x1, y1 = (int(v) for v in values)
+    if x1 <= x0 or y1 <= y0 or min(x0, y0) < 0:
+        raise InstructionError(f"box {box!r} is empty or negative: it needs x0 < x1 and y0 < y1, all >= 0")
+    return x0, y0, x1, y1
+
+
+def _text(value: str, what: str) -> str:
+    if not isinstance(value, str):
+        raise InstructionError(f"{what} must be text, got {type(value).__name__} {value!r}")
+    return value
+
+
 def _subject(name: str) -> str:
-    name = name.strip()
+    name = _text(name, "the object's name").strip()
     if not name:
         raise InstructionError("name the object to edit, e.g. 'the chair' -> object='chair'")
     return name
@@ -68,7 +114,7 @@ def _subject(name: str) -> str:
 
 def rotate(obj: str, view: str) -> EditInstruction:
     """Rotate `obj` to a canonical view: front, rear, left, right or a diagonal such as 'front left'."""
-    normalised = " ".join(view.replace("-", " ").replace("_", " ").lower().split())
+    normalised = " ".join(_text(view, "the view").replace("-", " ").replace("_", " ").lower().split())
     normalised = normalised.replace("back", "rear")
     if normalised not in VIEWS:
         raise InstructionError(f"view {view!r} is not one of the 8 canonical views: {', '.join(VIEWS)}")
@@ -77,12 +123,7 @@ def rotate(obj: str, view: str) -> EditInstruction:
 
 def move_to_box(obj: str, box: tuple[int, int, int, int], image_size: Optional[tuple[int, int]] = None) -> EditInstruction:
     """Move `obj` into the pixel box (x0, y0, x1, y1), which is drawn in red on the input image."""
-    if len(box) != 4:
-        raise InstructionError(f"a box is x0,y0,x1,y1, got {box!r}")
-    x0, y0, x1, y1 = (int(v) for v in box)
-    if x1 <= x0 or y1 <= y0 or min(x0, y0) < 0:
-        raise InstructionError(f"box {box!r} is empty or negative: it needs x0 < x1 and y0 < y1, all >= 0")
-    instruction = EditInstruction(f"Move the {_subject(obj)} into the red box.", box=(x0, y0, x1, y1))
+    instruction = EditInstruction(f"Move the {_subject(obj)} into the red box.", box=_pixel_box(box))  # None too
     if image_size is not None:
         instruction.check_box_inside(image_size)
     return instruction
@@ -90,6 +131,7 @@ def move_to_box(obj: str, box: tuple[int, int, int, int], image_size: Optional[t
 
 def scale(obj: str, factor: float) -> EditInstruction:
     """Scale `obj` by `factor` (0.25 .. 4); larger than 1 enlarges it."""
+    factor = finite(factor, "scale factor", InstructionError)
     low, high = SCALE_RANGE
     if not (low <= factor <= high) or factor == 1:
         raise InstructionError(f"scale factor {factor} must be in [{low}, {high}] and not 1")
@@ -99,6 +141,7 @@ def scale(obj: str, factor: float) -> EditInstruction:
 
 def camera(yaw: float = 0.0, pitch: float = 0.0) -> EditInstruction:
     """Orbit the camera: yaw in 45 degree steps (-180..180), pitch in 15 degree steps (-45..45)."""
+    yaw, pitch = finite(yaw, "camera yaw", InstructionError), finite(pitch, "camera pitch", InstructionError)
     if yaw not in ALLOWED_YAWS:
         raise InstructionError(f"camera yaw {yaw:.10g} was not trained; use one of {', '.join(map(str, ALLOWED_YAWS))} degrees")
     if pitch not in ALLOWED_PITCHES:

@@ -31,7 +31,7 @@ from lowmem.models.vae import WanVAE, load_folder_vae
 from lowmem.models.weight_sources import ComponentSource, check_complete, dit_source, meta_dit, meta_vlm, vlm_source
 from quantize.convert import quantize_tensors
 from quantize.linear import QuantizedLinear
-from quantize.manifest import read_manifest, verify_file
+from quantize.manifest import MANIFEST, read_manifest, verify_file
 from quantize.plan import default_skip, quantizable_linears, swap_linears, use_compute
 from quantize.schemes import SCHEMES, check_scheme
 
@@ -68,19 +68,43 @@ def _finish(model: nn.Module, device: torch.device, what: str) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def _fill_from_files(model: nn.Module, root: Path, files: Iterable[str], manifest: dict, device, dtype,
+def _fill_from_files(model: nn.Module, root: Path, files: Iterable[str], manifest: dict, component: str, device, dtype,
                      select: Selection = everything) -> None:
+    """Load the selected tensors of `files`, each described by the manifest's `component` part."""
+    described = _described_by(manifest[component]["tensors"])
     for rel in files:
         path = verify_file(root, rel, manifest)
         with open_shard(path) as reader:
             for key in reader.keys():
                 if not select(key):
                     continue
+                if not described(key):  # else the model would be built wrong and fail on a name the user never wrote
+                    raise CorruptCheckpointError(
+                        f"{root / MANIFEST} has no entry for the {component} tensor {_entry_name(key, model)} that {rel} "
+                        f"holds: the folder is damaged (manifest.json edited, or files from another conversion); "
+                        f"re-run `lowmem quantize` on the original model into a new folder")
                 try:
                     tensor = reader.get_tensor(key)
                 except Exception as exc:
                     raise CorruptCheckpointError(f"{path} is truncated or corrupt at {key!r} ({exc}); re-run the conversion") from exc
                 assign_tensor(model, key, tensor, device, dtype)
+
+
+def _described_by(tensors: dict) -> Callable[[str], bool]:
+    """Whether a stored key has its manifest entry: a tensor stored as itself is its own entry; a quantized
+    Linear's codes and scales (`<module>.qweight`, ...) belong to its `<module>.weight` entry."""
+    quantized = {name.rpartition(".")[0] for name, entry in tensors.items() if entry.get("scheme") in SCHEMES}
+    return lambda key: key in tensors or key.rpartition(".")[0] in quantized
+
+
+def _entry_name(key: str, model: nn.Module) -> str:
+    """The manifest entry a stored key belongs to: the key itself, or `<module>.weight` for a quantized code."""
+    module_name, _, leaf = key.rpartition(".")
+    try:
+        module = model.get_submodule(module_name)
+    except AttributeError:
+        return key
+    return key if leaf in module._parameters or leaf in module._buffers else f"{module_name}.weight"
 
 
 def _quantized_modules(tensors: dict) -> dict[tuple[str, str, bool], list[str]]:
@@ -109,7 +133,7 @@ def dit_parts(folder: ModelFolder, device: torch.device | str = "cpu", dtype: to
 
         def fill(select: Selection) -> None:
             files = sorted({entry["file"] for name, entry in part["tensors"].items() if select(name)})
-            _fill_from_files(model, folder.root, files, manifest, device, dtype, select)
+            _fill_from_files(model, folder.root, files, manifest, "dit", device, dtype, select)
             check_filled(model, select, "quantized DiT")
     elif quantization is not None and not folder.is_quantized:
         quantizing = _quantizing_filler(model, dit_source(folder), "dit", quantization, check_scheme(quantization, None),
@@ -142,7 +166,7 @@ def load_quantized_vlm(folder: str | Path, device: torch.device | str = "cpu", d
     model = meta_vlm(root / "text_encoder", dtype=dtype)
     for (scheme, backend, double_quant), modules in _quantized_modules(part["tensors"]).items():
         swap_linears(model, modules, scheme, backend, double_quant=double_quant)
-    _fill_from_files(model, root, part["files"], manifest, device, dtype)
+    _fill_from_files(model, root, part["files"], manifest, "vlm", device, dtype)
     if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
     return _finish(model, device, "Qwen3-VL")

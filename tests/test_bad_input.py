@@ -45,7 +45,7 @@ def test_edit_unreadable_image(tiny_model, tmp_path, capsys):
 
 def test_edit_image_is_a_folder(tiny_model, tmp_path, capsys):
     line = one_line_error(main(edit(tiny_model, tmp_path, tmp_path / "out.png")), capsys)
-    assert "does not exist" in line
+    assert "is a folder; give an image file" in line
 
 
 def test_edit_wrong_angle(tiny_model, image_file, tmp_path, capsys):

@@ -52,11 +52,15 @@ class JobOutcome:
 
 
 def edit_measures(report: RunReport) -> dict:
-    """What a many-edit report keeps of one edit's run report: peak memory and SpotEdit's share of tokens
-    computed (the mean active fraction over all steps, full steps counting 1; None without SpotEdit)."""
+    """What a many-edit report keeps of one edit's run report: peak memory, SpotEdit's share of tokens
+    computed (the mean active fraction over all steps, full steps counting 1; None without SpotEdit) and
+    any warning about the input."""
     fractions = report.extra.get("spot_active_fraction")
-    return {"peak_device_bytes": report.peak_device_bytes, "peak_rss_bytes": report.peak_rss_bytes,
-            "spot_active_fraction": round(sum(fractions) / len(fractions), 3) if fractions else None}
+    measures = {"peak_device_bytes": report.peak_device_bytes, "peak_rss_bytes": report.peak_rss_bytes,
+                "spot_active_fraction": round(sum(fractions) / len(fractions), 3) if fractions else None}
+    if report.extra.get("input_warnings"):  # what reading or cropping the input changed (a crop of most of it...)
+        measures["input_warnings"] = report.extra["input_warnings"]
+    return measures
 
 
 def load_pipeline(settings: BatchSettings) -> SpatialEditPipeline:

@@ -84,7 +84,7 @@ def check_out_dir(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lowmem.common.images import load_image
+    from lowmem.common.images import open_image
     from lowmem.models.layout import open_model_folder
 
     # Everything that needs no torch first: a mistake is reported in a fraction of a second.
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     spec = edit_spec(args, instruction_from_args(args) if edit_given else default_edit(args, scene))
     if args.model is not None:
         open_model_folder(args.model)
-    image = load_image(args.image) if args.image else scene.source.image
+    image = open_image(args.image) if args.image else scene.source.image
     spec.instruction.check_box_inside(image.size)  # --move-box is in the input image's pixels
 
     from lowmem.common.images import save_image_atomic

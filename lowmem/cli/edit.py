@@ -68,14 +68,14 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lowmem.common.images import load_image
+    from lowmem.common.images import open_image
     from lowmem.models.layout import open_model_folder
 
     # Everything that needs no torch first: a mistake is reported in a fraction of a second.
     spec = edit_spec(args)
     check_outputs(args)
     open_model_folder(args.model)
-    image = load_image(args.image)
+    image = open_image(args.image)  # read as RGB by the pipeline, which says what that changed
     spec.instruction.check_box_inside(image.size)  # --move-box is in the input image's pixels
     if args.parallel != "cfg":
         return edit_one(args, spec, image)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Callable
+import os
+from pathlib import Path
+from typing import Callable, Optional
 
-from lowmem.errors import ArgumentError
+from lowmem.errors import ArgumentError, LowmemError
 
 RESOLUTION_RANGE = (64, 4096)  # below 64 px the DiT sees a 2x2 token grid; above, nothing was trained
 RESOLUTION_MULTIPLE = 16  # VAE 8x, DiT patch 2x2
@@ -21,25 +23,28 @@ GUIDANCE_RANGE = (0.0, 100.0)
 MAX_DILATION = 64
 
 
-def finite(value: float, name: str) -> float:
-    """`value` as a float, refused when it is not a finite number (nan, inf)."""
+def finite(value: float, name: str, error: type[LowmemError] = ArgumentError) -> float:
+    """`value` (a number or the text of one: flags and jobs files give text) as a float, refused with
+    `error` when it is not a finite number (nan, inf, None, True)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ArgumentError(f"{name} must be a number, got {value!r}") from None
+        raise error(f"{name} must be a number, got {value!r}") from None
     if isinstance(value, bool) or not math.isfinite(number):
-        raise ArgumentError(f"{name} must be a finite number, got {value!r}")
+        raise error(f"{name} must be a finite number, got {value!r}")
     return number
 
 
-def integer(value: int, name: str, low: int, high: int) -> int:
-    """`value` as an int in [low, high]."""
+def integer(value: int, name: str, low: int, high: Optional[int] = None) -> int:
+    """`value` as an int in [low, high] (no upper end when `high` is None)."""
     if isinstance(value, bool) or not isinstance(value, int):
         try:
             value = int(str(value), 10)
         except ValueError:
             raise ArgumentError(f"{name} must be a whole number, got {value!r}") from None
-    if not low <= value <= high:
+    if high is None and value < low:
+        raise ArgumentError(f"{name} must be a whole number of at least {low}, got {value}")
+    if high is not None and not low <= value <= high:
         raise ArgumentError(f"{name} must be between {low} and {high}, got {value}")
     return value
 
@@ -86,12 +91,23 @@ def text(value: str, name: str) -> str:
     return value
 
 
-def check_edit_arguments(steps_: int, guidance_: float, seed_: int, resolution_: int) -> None:
-    """The sampling arguments of one edit, all at once (the Python API's door)."""
-    steps(steps_)
-    guidance(guidance_)
-    seed(seed_)
-    resolution(resolution_)
+def flag(value: bool, name: str) -> bool:
+    """A yes/no argument: True or False, not a value that is merely truthy ("no" is)."""
+    if not isinstance(value, bool):
+        raise ArgumentError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
+def path(value: str | os.PathLike, name: str) -> Path:
+    """A file or folder path given as text or a path object."""
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise ArgumentError(f"{name} must be a path (text or pathlib.Path), got {type(value).__name__} {value!r}")
+    return Path(value)
+
+
+def check_edit_arguments(steps_: int, guidance_: float, seed_: int, resolution_: int) -> tuple[int, float, int, int]:
+    """The sampling arguments of one edit, all at once (the Python API's door), as the numbers to use."""
+    return steps(steps_), guidance(guidance_), seed(seed_), resolution(resolution_)
 
 
 def cli_type(check: Callable, metavar_name: str) -> Callable[[str], object]:
@@ -108,9 +124,11 @@ def cli_type(check: Callable, metavar_name: str) -> Callable[[str], object]:
 
 
 def device(text: str):
-    """A torch.device this machine has: 'cpu', 'cuda' or 'cuda:N' with N an existing GPU."""
+    """A torch.device this machine has: 'cpu', 'cuda' or 'cuda:N' with N an existing GPU (or such a torch.device)."""
     import torch
 
+    if not isinstance(text, (str, torch.device)):
+        raise ArgumentError(f"device must be a device name such as 'cpu' or 'cuda', got {type(text).__name__} {text!r}")
     try:
         chosen = torch.device(text)
     except (RuntimeError, TypeError, ValueError):
@@ -124,3 +142,13 @@ def device(text: str):
     elif chosen.type != "cpu":
         raise ArgumentError(f"device {text!r} is not supported; use cpu or cuda")
     return chosen
+
+
+def dtype(value):
+    """A torch floating-point dtype for the weights (torch.bfloat16, torch.float32, ...)."""
+    import torch
+
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ArgumentError(f"dtype must be a torch floating-point dtype such as torch.bfloat16 or torch.float32, "
+                            f"got {type(value).__name__} {value!r}")
+    return value

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Union
 
-from lowmem.instructions import EditInstruction
+from lowmem.common import validation
+from lowmem.instructions import EditInstruction, as_instruction
 
 if TYPE_CHECKING:
     from lowmem.spotedit import SpotConfig
@@ -24,6 +25,17 @@ class EditSpec:
     spot_threshold: Union[float, str] = 0.15  # a perceptual score, or "auto"
     spot_dilation: int = 1  # tokens added around the edited region on every side
     negative_prompt: str = ""  # the unconditional row's text under guidance ("" as trained)
+
+    def __post_init__(self) -> None:
+        # A face that builds a spec in code (a UI, a script) gets the flags' checks and words; the values
+        # stay as given (the flags already gave the checked ones).
+        object.__setattr__(self, "instruction", as_instruction(self.instruction))
+        validation.steps(self.steps)
+        validation.guidance(self.guidance)
+        validation.seed(self.seed)
+        validation.spot_threshold(self.spot_threshold)
+        validation.spot_dilation(self.spot_dilation)
+        validation.text(self.negative_prompt, "negative_prompt")
 
     def edit_arguments(self, spot_enabled: bool) -> dict:
         """This edit as `SpatialEditPipeline.edit`'s keyword arguments (all but the image and how the run

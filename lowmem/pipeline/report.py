@@ -66,6 +66,12 @@ class RunReport:
             if announce:
                 tqdm.write(f"{name} {outcome} {seconds:.2f} s", file=sys.stderr)
 
+    def warn_about_input(self, message: str) -> None:
+        """Say `message` on the terminal now (stderr, above any progress bar) and keep it in the report
+        (`extra["input_warnings"]`): what reading or fitting the input changed that the user should know."""
+        tqdm.write(f"warning: {message}", file=sys.stderr)
+        self.extra.setdefault("input_warnings", []).append(message)
+
     def finish(self) -> "RunReport":
         self.peak_device_bytes = max(self.phase_peak_allocated.values(), default=0)
         self.peak_rss_bytes = peak_rss_bytes()
@@ -88,5 +94,5 @@ class RunReport:
             lines.append(f"  peak device memory {self.peak_device_bytes / 2**30:.2f} GiB")
         lines.append(f"  peak host RSS      {self.peak_rss_bytes / 2**30:.2f} GiB")
         for key, value in self.extra.items():
-            lines.append(f"  {key}: {value}")
+            lines.append(f"  {key}: {'; '.join(value) if key == 'input_warnings' else value}")
         return "\n".join(lines)

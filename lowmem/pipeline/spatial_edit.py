@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 
 from lowmem.common import validation
 from lowmem.common.forward_progress import forward_progress
-from lowmem.common.images import fit_bucket, load_image, to_model_tensor, to_pil
-from lowmem.errors import LowmemError
-from lowmem.instructions import EditInstruction
+from lowmem.common.images import fit_bucket, read_input, to_model_tensor, to_pil
+from lowmem.errors import ArgumentError, LowmemError
+from lowmem.instructions import EditInstruction, as_instruction
 from lowmem.models.conditioner import QwenVLConditioner
 from lowmem.models.dit import SpatialEditDiT
 from lowmem.models.guidance import BatchedGuidance, guidance_batch
@@ -136,7 +136,16 @@ class SpatialEditPipeline:
         or "auto": the fastest the device runs (int8 on CUDA sm_80+; on the CPU int8 for a DiT at least
         256 wide, the dense GEMM for narrower ones, where W8A8's per-call quantization costs more).
         """
-        validation.resolution(resolution)
+        # Every argument is checked before any file is read, with the CLI's words (common/validation).
+        model = validation.path(model, "model")
+        resolution = validation.resolution(resolution)
+        guidance = validation.guidance(guidance)
+        device = validation.device(device) if device is not None else default_device()
+        dtype = validation.dtype(dtype) if dtype is not None else default_dtype(device)
+        if preset is not None and not isinstance(preset, str):
+            raise ArgumentError(f"preset must be a preset name such as 'rtx4090-24gb', got {type(preset).__name__} {preset!r}")
+        if max_resident_blocks is not None:
+            max_resident_blocks = validation.integer(max_resident_blocks, "max_resident_blocks", 0)
         if memory_budget is not None and memory_budget != "auto":
             from lowmem.offload import parse_bytes
 
@@ -144,8 +153,6 @@ class SpatialEditPipeline:
         from lowmem.hub.models import resolve_model
 
         folder = open_model_folder(resolve_model(model))  # a folder, or a Hub id `lowmem download` fetched
-        device = torch.device(device) if device is not None else default_device()
-        dtype = dtype or default_dtype(device)
         from lowmem.models.dit_loading import read_dit_config
         from lowmem.planning.compute_choice import choose_compute, choose_spot
         from lowmem.planning.presets import load_preset
@@ -201,8 +208,13 @@ class SpatialEditPipeline:
         after any failure)."""
         if self.closed:
             raise LowmemError("this pipeline was closed; load the model again to edit")
-        validation.check_edit_arguments(steps, guidance, seed, resolution)
+        steps, guidance, seed, resolution = validation.check_edit_arguments(steps, guidance, seed, resolution)
         validation.text(negative_prompt, "negative_prompt")
+        validation.flag(progress, "progress")
+        if spot is not None and not isinstance(spot, SpotConfig):
+            raise ArgumentError(f"spot must be a lowmem.spotedit.SpotConfig or None, got {type(spot).__name__} {spot!r}")
+        instruction = as_instruction(instruction)
+        source, input_notes = read_input(image)
         if self.offload is not None and resolution > self.offload.plan.resolution:
             from lowmem.offload import BudgetError
 
@@ -213,14 +225,14 @@ class SpatialEditPipeline:
 
             raise BudgetError(f"this pipeline was planned for guidance <= 1 (one DiT row per step); load it with "
                               f"guidance={guidance:g} (or --guidance {guidance:g}) to edit with classifier-free guidance")
-        if not isinstance(instruction, EditInstruction):
-            instruction = EditInstruction(str(instruction))
-        source = load_image(image) if isinstance(image, (str, Path)) else image.convert("RGB")
         fit = fit_bucket(*source.size, base_size=resolution)
         source = instruction.prepare_image(fit.apply(source), fit)  # a box is in the input's pixels: mapped as the image
         report = RunReport(device=str(self.device), dtype=str(self.dtype).removeprefix("torch."), compute=self.compute,
                            width=source.width, height=source.height, steps=steps, guidance=guidance, seed=seed)
         report.extra["input"] = fit.describe()
+        crop_warning = fit.crop_warning()
+        for note in input_notes + ([crop_warning] if crop_warning else []):
+            report.warn_about_input(note)
         generator = torch.Generator("cpu").manual_seed(seed)
 
         offload = self.offload

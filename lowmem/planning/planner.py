@@ -399,8 +399,10 @@ def _stored_precision(model: ModelOrConfig) -> str:
 def _refusal(a: _Args, plan: Plan) -> str:
     """One message: what does not fit, by how much, and the changes that would make it fit."""
     need = plan.estimate.peak
-    head = (f"a {a.resolution}x{a.resolution} run in {plan.dit.precision} needs about {format_bytes(need)} in its "
-            f"{plan.estimate.peak_phase} phase but the budget is {format_bytes(a.budget)}")
+    # A need and the smallest budget are rounded up, the budget given down: figures that differ never print
+    # alike, and giving the printed figure is enough.
+    head = (f"a {a.resolution}x{a.resolution} run in {plan.dit.precision} needs about {format_bytes(need, 'up')} in its "
+            f"{plan.estimate.peak_phase} phase but the budget is {format_bytes(a.budget, 'down')}")
     fixes = []
 
     def fits(**changes) -> Optional[Plan]:
@@ -411,10 +413,10 @@ def _refusal(a: _Args, plan: Plan) -> str:
         return p if p.fits else None
 
     if a.quantization != "nf4" and (p := fits(quantization="nf4")):
-        fixes.append(f"--quantization nf4 (peak {format_bytes(p.estimate.peak)})")
+        fixes.append(f"--quantization nf4 (peak {format_bytes(p.estimate.peak, 'up')})")
     for res in RESOLUTIONS:
         if res < a.resolution and (p := fits(resolution=res)):
-            fixes.append(f"--resolution {res} (peak {format_bytes(p.estimate.peak)})")
+            fixes.append(f"--resolution {res} (peak {format_bytes(p.estimate.peak, 'up')})")
             break
     if a.vae_tile is None or a.vae_tile > VAE_TILES[-1]:
         if p := fits(vae_tile=VAE_TILES[-1]):
@@ -422,15 +424,17 @@ def _refusal(a: _Args, plan: Plan) -> str:
     if not fixes and a.quantization != "nf4":
         for res in RESOLUTIONS:
             if res < a.resolution and (p := fits(quantization="nf4", resolution=res)):
-                fixes.append(f"--quantization nf4 with --resolution {res} (peak {format_bytes(p.estimate.peak)})")
+                fixes.append(f"--quantization nf4 with --resolution {res} (peak {format_bytes(p.estimate.peak, 'up')})")
                 break
     if a.spotedit and (p := fits(spotedit=False)):
         fixes.append("--no-spot (no SpotEdit caches)")
-    lo, hi = a.budget, max(a.budget * 2, need * 2)
+    # The smallest budget that fits, to the byte (a few dozen solves of a few ms): usually the need itself,
+    # so the message names one figure, not a need and a search's approximation of it.
+    lo, hi = a.budget, need
     while fits(budget=hi) is None and hi < 10**15:
-        hi *= 2
-    while hi - lo > max(1, a.budget // 200):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if fits(budget=mid) else (mid, hi)
-    fixes.append(f"a budget of at least {format_bytes(hi)}")
+    fixes.append(f"a budget of at least {format_bytes(hi, 'up')}")
     return head + "; to make it fit use " + ", or ".join(fixes)

@@ -13,7 +13,7 @@ from lowmem.ui.pictures import canvas_value
 class ImageUpload(gr.Image):
     """An image upload handed to the handler as the uploaded file's path, unopened: gradio's own
     reading would end a file that is not an image, or a decompression bomb, in a bare "Error", where
-    `lowmem.common.images.load_image` says what is wrong. (Gradio writes a typing stub, components.pyi,
+    `lowmem.common.images.open_image` says what is wrong. (Gradio writes a typing stub, components.pyi,
     beside a component subclass when it is imported; .gitignore keeps it out.)"""
 
     def preprocess(self, payload: Any) -> Optional[str]:

@@ -51,13 +51,14 @@ def whole(value: Optional[float]) -> Optional[int | float]:
 
 
 def read_image(path: Optional[str]) -> "Image.Image":
-    """The uploaded image, read as the command line reads --image (too many pixels, not an image: one message)."""
+    """The uploaded image, opened as the command line opens --image (upright, in its own mode: the edit reads
+    it as RGB and reports what that changed; too many pixels, not an image: one message)."""
     if path is None:
         raise InputImageError("upload an image first: drop it on the Input image, or click there to choose one")
-    from lowmem.common.images import load_image
+    from lowmem.common.images import open_image
 
     try:
-        return load_image(path)
+        return open_image(path)
     except InputImageError as exc:  # named as the user named it, not by the server's upload folder
         raise InputImageError(str(exc).replace(path, Path(path).name)) from None
 

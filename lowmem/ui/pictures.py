@@ -9,7 +9,7 @@ from typing import Optional
 
 from PIL import Image
 
-from lowmem.common.images import fit_bucket
+from lowmem.common.images import fit_bucket, to_rgb
 from lowmem.instructions import draw_box
 
 CANVAS_SIZE = (384, 288)  # the canvas shows the input scaled (up or down) to fit this; boxes stay in its pixels
@@ -23,7 +23,7 @@ def canvas_value(image: Optional[Image.Image]) -> dict:
         return {"src": "", "width": 0, "height": 0, "shown": [0, 0], "box": None}
     scale = min(CANVAS_SIZE[0] / image.width, CANVAS_SIZE[1] / image.height)
     shown = [max(1, round(image.width * scale)), max(1, round(image.height * scale))]
-    copy = image.convert("RGB")
+    copy = to_rgb(image)[0]
     if scale < 1:  # a large photo travels as the copy the page shows, not whole
         copy = copy.resize(shown, Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
@@ -36,7 +36,7 @@ def model_input(image: Image.Image, box: tuple[int, int, int, int], resolution: 
     """What the model will see: `image` fitted to its bucket at `resolution`, with the red box (in
     `image`'s pixels) drawn where the fit puts it, as the pipeline draws it."""
     fit = fit_bucket(*image.size, base_size=resolution)
-    return draw_box(fit.apply(image.convert("RGB")), fit.map_box(box))
+    return draw_box(fit.apply(to_rgb(image)[0]), fit.map_box(box))
 
 
 def regenerated_region(result: Image.Image, mask: Optional[Image.Image]) -> Optional[Image.Image]:
