@@ -149,6 +149,7 @@ def test_tree_file_by_file_and_images_equal_the_pipeline(tiny_model, tiny_pipeli
     assert {task: t["done"] for task, t in report["totals"].items()} == {"rotate": 1, "move": 1, "camera": 1, "all": 3}
     assert report["settings"]["steps"] == int(STEPS) and report["settings"]["seed"] == 42
     assert "camera" in run.stdout and "s/item" in run.stdout  # the table is printed
+    assert f"denoise {STEPS}/{STEPS}" in run.stderr  # the bar over items shows each one's steps
 
 
 def test_bad_items_are_reported_and_the_others_run(tiny_model, tmp_path):

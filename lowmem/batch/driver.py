@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 from tqdm.auto import tqdm
 
@@ -41,6 +41,14 @@ class JobDriver:
         self.store(job, outcome, timing)
         self.progress.set_postfix_str(f"{job.name} {outcome.seconds:.1f} s", refresh=False)
         self.progress.update(1)
+
+    def show_progress(self, job: Job) -> Callable[[str, int], None]:
+        """The pipeline's `on_progress` hook for `job`: its phase and step on the bar, beside the job count."""
+        def show(phase: str, steps_done: int) -> None:
+            step = f" {steps_done}/{job.spec.steps}" if phase == "denoise" else ""
+            self.progress.set_postfix_str(f"{job.name}: {phase}{step}")
+
+        return show
 
     def describe(self, job: Job) -> str:
         return f"line {job.line}"

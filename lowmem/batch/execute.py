@@ -10,7 +10,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 from PIL import Image
@@ -78,11 +78,14 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def execute(pipe: SpatialEditPipeline, job: Job, settings: BatchSettings) -> JobOutcome:
-    """Run one job; a job that fails (bad image, a plan it does not fit, ...) returns its error instead."""
+def execute(pipe: SpatialEditPipeline, job: Job, settings: BatchSettings,
+            on_progress: Optional[Callable[[str, int], None]] = None) -> JobOutcome:
+    """Run one job; a job that fails (bad image, a plan it does not fit, ...) returns its error instead.
+    `on_progress(phase, steps_done)`: the pipeline's hook, for a driver's bar in this process."""
     start = time.perf_counter()
     try:
-        result = pipe.edit(job.image, resolution=settings.resolution, progress=False, **job.spec.edit_arguments(pipe.spot))
+        result = pipe.edit(job.image, resolution=settings.resolution, progress=False, on_progress=on_progress,
+                           **job.spec.edit_arguments(pipe.spot))
     except LowmemError as exc:
         return JobOutcome(None, time.perf_counter() - start, str(exc), worker=worker_name())
     except Exception as exc:  # noqa: BLE001 - one broken job (out of memory, a bug) must not stop thousands of others

@@ -1,4 +1,4 @@
-"""The default engine: one pipeline in this process, the jobs in sequence."""
+"""The default engine: one pipeline in this process, the jobs in sequence (the bar shows each one's steps)."""
 
 from __future__ import annotations
 
@@ -13,4 +13,4 @@ def run_in_process(driver: JobDriver, settings: BatchSettings) -> None:
         if pipe.offload is not None:
             print(f"plan: {pipe.offload.plan.summary()}")
         for job in driver.pending:
-            driver.finish(job, execute(pipe, job, settings))
+            driver.finish(job, execute(pipe, job, settings, on_progress=driver.show_progress(job)))
