@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
 
 from PIL import Image
 
 from lowmem import instructions
-from lowmem.common.paths import check_output_path, check_writable_folder, same_file
+from lowmem.common.paths import atomic_file, check_output_path, check_writable_folder, made_folder, same_file
 from lowmem.edits import COMPUTE_CHOICES, COMPUTE_HELP, add_edit_arguments, edit_spec, instruction_from_args
 from lowmem.errors import OutputPathError
 from lowmem.instructions import EditInstruction
@@ -82,6 +83,17 @@ def check_out_dir(args: argparse.Namespace) -> None:
             check_output_path(target, args.overwrite)
 
 
+def save_outputs(out_dir: Path, images: dict[str, Image.Image], report: str) -> None:
+    """All of the demo's files or none: each is written to its temporary name first and the names
+    are swapped in only when every one was written (a full disk replaces none of them), in `out_dir`,
+    made only now, and removed again when it is left empty."""
+    with made_folder(out_dir), ExitStack() as files:
+        for name, picture in images.items():
+            picture.save(files.enter_context(atomic_file(out_dir / name, suffix=".png")), format="PNG")
+        with open(files.enter_context(atomic_file(out_dir / "report.json")), "w", encoding="utf-8") as handle:
+            handle.write(report)
+
+
 def run(args: argparse.Namespace) -> int:
     from lowmem.common.images import load_image
     from lowmem.models.layout import open_model_folder
@@ -96,8 +108,6 @@ def run(args: argparse.Namespace) -> int:
     image = load_image(args.image) if args.image else scene.source.image
     spec.instruction.check_box_inside(image.size)  # --move-box is in the input image's pixels
 
-    from lowmem.common.images import save_image_atomic
-    from lowmem.common.paths import write_text_atomic
     from lowmem.models.dit_loading import read_dit_config
     from lowmem.pipeline import SpatialEditPipeline, default_device
     from lowmem.tiny.random_model import tiny_model_budget
@@ -128,10 +138,7 @@ def run(args: argparse.Namespace) -> int:
         "spot_mask.png": mask,
         "side_by_side.png": side_by_side(result.input_image, result.image, mask),
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)  # only now: a refused or failed run leaves no empty folder
-    for name, picture in outputs.items():
-        save_image_atomic(picture, args.out_dir / name, overwrite=args.overwrite)
-    write_text_atomic(args.out_dir / "report.json", result.report.to_json())
+    save_outputs(args.out_dir, outputs, result.report.to_json())
     print(f"\n== report\n{result.report.format()}")
     print(f"\nsaved {', '.join(outputs)} and report.json in {args.out_dir}/ (input | output | regenerated region)")
     return 0

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from lowmem.common.paths import check_output_path, new_file_mode
+from lowmem.common.paths import atomic_file, check_output_path
 from lowmem.errors import InputImageError, InstructionError, ResolutionError
 
 # The official demo's input rule (`_dynamic_resize_from_bucket` in the public SpatialEdit code): pick
@@ -154,15 +152,6 @@ def save_image_atomic(image: Image.Image, path: str | Path, overwrite: bool = Fa
     path = Path(path)
     check_output_path(path, overwrite)
     suffix = path.suffix or ".png"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-    try:
-        os.fchmod(fd, new_file_mode())  # the mode a new file gets under the umask, not mkstemp's 0600
-    finally:
-        os.close(fd)
-    try:
+    with atomic_file(path, prefix=f".{path.stem}.", suffix=suffix) as tmp:
         image.save(tmp, format=Image.registered_extensions().get(suffix.lower(), "PNG"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from lowmem.common.disk_space import format_bytes  # noqa: F401  (one formatter; offload's name for it)
 from lowmem.errors import LowmemError
 
 
@@ -37,12 +38,3 @@ def parse_bytes(text: str | int | float) -> int:
     if value <= 0:
         raise BudgetError(f"memory size must be positive, got {text!r}")
     return value
-
-
-def format_bytes(n: float) -> str:
-    """Human readable, SI (matches how budgets are written): 1.23 GB, 45.6 MB, 789 B."""
-    n = float(n)
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{int(n)} B"

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from lowmem.common import validation
 from lowmem.common.images import fit_bucket, load_image, to_model_tensor, to_pil
-from lowmem.errors import LowmemError
+from lowmem.errors import DamagedOutputError, LowmemError
 from lowmem.instructions import EditInstruction
 from lowmem.models.conditioner import QwenVLConditioner
 from lowmem.models.dit import SpatialEditDiT
@@ -31,6 +31,23 @@ from lowmem.models.scheduler import make_scheduler
 from lowmem.models.vae import WanVAE
 from lowmem.pipeline.report import RunReport
 from lowmem.spotedit import DiTSpotModel, SpotConfig, SpotKVCache, spot_denoise
+
+
+DAMAGED_WEIGHTS = ("its weights may be damaged: check the model folder (run `lowmem quantize` again for a quantized "
+                   "one, download or import an original one again)")
+
+
+def decoded_image(decoded: torch.Tensor) -> Image.Image:
+    """The VAE's output as the edited image, or one DamagedOutputError when it is no image: NaN or
+    infinite values, or every pixel alike, come from damaged weights, never from an edit."""
+    if not bool(torch.isfinite(decoded).all()):
+        raise DamagedOutputError(f"the model produced a non-finite image (NaN or infinite values after the VAE decode); "
+                                 f"{DAMAGED_WEIGHTS}")
+    image = to_pil(decoded)
+    if all(low == high for low, high in image.getextrema()):
+        raise DamagedOutputError(f"the model produced a constant image (every pixel is RGB {image.getpixel((0, 0))}); "
+                                 f"{DAMAGED_WEIGHTS}")
+    return image
 
 
 @dataclass
@@ -230,10 +247,11 @@ class SpatialEditPipeline:
                     latents, outcome = self.denoise(condition, states, mask, steps, guidance, generator, progress), None
             with report.phase("decode", announce=progress), (offload.decoding() if offload else nullcontext()):
                 decoded = self.vae.decode(latents, **(offload.decode_kwargs() if offload else {}))
+                edited = decoded_image(decoded)
         if offload:
             report.extra.update(offload.report_items())
         spot_mask = outcome.mask_image(source.size) if outcome is not None else None
-        return EditResult(image=to_pil(decoded), report=report.finish(), input_image=source, spot_mask=spot_mask)
+        return EditResult(image=edited, report=report.finish(), input_image=source, spot_mask=spot_mask)
 
     def _host_spot_cache(self, cache_device) -> Optional[SpotKVCache]:
         """SpotEdit's caches when they live on the host, kept for the pipeline's life: their pinned arena
