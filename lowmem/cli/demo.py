@@ -17,6 +17,8 @@ from typing import Optional
 from PIL import Image
 
 from lowmem import instructions
+from lowmem.common.disk_space import out_of_space_is_an_error
+from lowmem.common.images import encode_image
 from lowmem.common.paths import atomic_file, check_output_path, check_writable_folder, made_folder, same_file
 from lowmem.edits import COMPUTE_CHOICES, COMPUTE_HELP, add_edit_arguments, edit_spec, instruction_from_args
 from lowmem.errors import OutputPathError
@@ -87,11 +89,13 @@ def save_outputs(out_dir: Path, images: dict[str, Image.Image], report: str) -> 
     """All of the demo's files or none: each is written to its temporary name first and the names
     are swapped in only when every one was written (a full disk replaces none of them), in `out_dir`,
     made only now, and removed again when it is left empty."""
-    with made_folder(out_dir), ExitStack() as files:
-        for name, picture in images.items():
-            picture.save(files.enter_context(atomic_file(out_dir / name, suffix=".png")), format="PNG")
-        with open(files.enter_context(atomic_file(out_dir / "report.json")), "w", encoding="utf-8") as handle:
-            handle.write(report)
+    files = {name: encode_image(picture) for name, picture in images.items()}
+    files["report.json"] = report.encode("utf-8")
+    needed = sum(map(len, files.values()))
+    with made_folder(out_dir), out_of_space_is_an_error(out_dir, needed, what="the demo's files"), ExitStack() as stack:
+        for name, data in files.items():
+            with open(stack.enter_context(atomic_file(out_dir / name)), "wb") as handle:
+                handle.write(data)
 
 
 def run(args: argparse.Namespace) -> int:

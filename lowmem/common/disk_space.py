@@ -51,31 +51,31 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(existing_parent(path)).free
 
 
-def out_of_space(path: Path, needed: Optional[int] = None, what: str = "writing it", note: str = "") -> OutOfSpaceError:
-    """The error for a disk found full while writing `path`: `what` needed `needed` bytes (when known)."""
+def out_of_space(path: Path, needed: Optional[int] = None, what: Optional[str] = None, note: str = "") -> OutOfSpaceError:
+    """The error for a disk found full while writing `path` (`what`, when it is a whole job's output,
+    e.g. "the conversion"), which needs `needed` bytes when known."""
     try:
         free = f"{format_bytes(free_bytes(path))} is free"
     except OSError:
         free = "the free space is unknown"
-    need = f"{what} needs {format_bytes(needed)}, " if needed is not None else ""
-    error = OutOfSpaceError(f"no space left on the disk for {path} ({need}{free}): free some space or write somewhere "
-                            f"else, then run it again ({note or 'nothing half-written was left behind'})")
-    error.filename, error.needed = str(path), needed
-    return error
+    need = f"{what or 'writing it'} needs {format_bytes(needed)}, " if needed is not None else ""
+    return OutOfSpaceError(f"no space left on the disk for {path} ({need}{free}): free some space or write somewhere "
+                           f"else, then run it again ({note or 'nothing half-written was left behind'})")
 
 
 @contextmanager
-def out_of_space_is_an_error(path: Path, needed: Optional[int] = None, what: str = "writing it",
+def out_of_space_is_an_error(path: Path, needed: Optional[int] = None, what: Optional[str] = None,
                              note: str = "") -> Iterator[None]:
-    """Turn a full disk inside the block into one OutOfSpaceError about `path`. Nested, the outer
-    block's `needed`, `what` and `note` describe the whole job (the file that found the disk full is
-    still the one named)."""
+    """Turn a full disk inside the block into one OutOfSpaceError about writing `path` (`needed`
+    bytes, when known). With `what`, the block is a whole job writing into `path` (a folder): an
+    OutOfSpaceError of one of its files becomes the job's, naming `path`, `needed` and `note` (what
+    was kept)."""
     try:
         yield
     except OutOfSpaceError as exc:
-        if needed is None and not note:
+        if what is None:
             raise
-        raise out_of_space(Path(exc.filename), needed, what, note) from exc.__cause__
+        raise out_of_space(path, needed, what, note) from exc.__cause__
     except Exception as exc:
         if not is_out_of_space(exc):
             raise

@@ -114,13 +114,16 @@ def atomic_file(path: Path, needed: Optional[int] = None, prefix: Optional[str] 
             raise
 
 
+def write_bytes_atomic(path: Path, data: bytes, prefix: Optional[str] = None, suffix: str = "") -> Path:
+    """Write `data` to a temporary file beside `path` (see `atomic_file`), then rename it over `path`."""
+    with atomic_file(path, needed=len(data), prefix=prefix, suffix=suffix) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+    return path
+
+
 def write_text_atomic(path: Path, text: str) -> Path:
     """Write `text` (UTF-8) to a temporary file beside `path`, then rename it over `path`."""
-    data = text.encode("utf-8")
-    with atomic_file(path, needed=len(data)) as tmp:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-    return path
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def copy_atomic(source: Path, path: Path) -> Path:
