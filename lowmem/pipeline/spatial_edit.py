@@ -39,7 +39,10 @@ DAMAGED_WEIGHTS = ("its weights may be damaged: check the model folder (run `low
 
 def decoded_image(decoded: torch.Tensor) -> Image.Image:
     """The VAE's output as the edited image, or one DamagedOutputError when it is no image: NaN or
-    infinite values, or every pixel alike, come from damaged weights, never from an edit."""
+    infinite values, or every pixel alike, come from damaged weights, never from an edit. A run on the
+    meta device (tracing, planning) has no values to check."""
+    if decoded.is_meta:
+        return to_pil(decoded)
     if not bool(torch.isfinite(decoded).all()):
         raise DamagedOutputError(f"the model produced a non-finite image (NaN or infinite values after the VAE decode); "
                                  f"{DAMAGED_WEIGHTS}")
