@@ -225,7 +225,7 @@ def test_demo_on_a_full_disk_leaves_no_folder(tmp_path, monkeypatch, capsys):
     FullDisk(monkeypatch, tmp_path / "full", room=5000)
     code = main(["demo", "--out-dir", str(out_dir), "--quantization", "none", "--steps", "1"])
     line = error_line(code, capsys)
-    assert f"no space left on the disk for {out_dir} (the demo's files need" in line
+    assert f"no space left on the disk for {out_dir} (writing the demo's files needs" in line
     assert list(tmp_path.iterdir()) == []
 
 
