@@ -92,7 +92,8 @@ def save_outputs(out_dir: Path, images: dict[str, Image.Image], report: str) -> 
     files = {name: encode_image(picture) for name, picture in images.items()}
     files["report.json"] = report.encode("utf-8")
     needed = sum(map(len, files.values()))
-    with made_folder(out_dir), out_of_space_is_an_error(out_dir, needed, what="writing the demo's files"), ExitStack() as stack:
+    with (made_folder(out_dir), out_of_space_is_an_error(out_dir, needed, what="writing the demo's files"),
+          ExitStack() as stack):
         for name, data in files.items():
             with open(stack.enter_context(atomic_file(out_dir / name)), "wb") as handle:
                 handle.write(data)
