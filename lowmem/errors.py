@@ -35,3 +35,12 @@ class ManifestVersionError(LowmemError, ValueError):
 
 class ArgumentError(LowmemError, ValueError):
     """An argument out of its range, not finite, or of the wrong type (checked before any model is read)."""
+
+
+class OutOfSpaceError(OutputPathError):
+    """A disk without room for what lowmem writes: refused before the first byte when the size is
+    known, or found full while writing (what was being written is removed, what was there is kept)."""
+
+
+class DamagedOutputError(LowmemError, ValueError):
+    """The model produced an image that is no image (not finite, or one flat colour): damaged weights."""

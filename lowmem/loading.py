@@ -7,7 +7,8 @@ it keeps resident now and let the streamer read each other block when it needs i
 conditioner and the VAE are loaded whole.
 
 Three kinds of folder: an original one (weights as stored), a `lowmem quantize` output (per-block
-files + manifest.json, each file checked against its sha256), or an original one quantized in
+files + manifest.json: every file's size checked when the loader is made, its sha256 before it is
+read: the small files at once, each weight file when it is loaded), or an original one quantized in
 memory while loading, one tensor at a time (`quantization=`). Stored quantized tensors are
 assigned in straight from the files (mmap), so no dense copy of a quantized weight ever exists.
 Only the format itself comes from `quantize`: the manifest, QuantizedLinear's layout, which
@@ -27,11 +28,11 @@ from lowmem.models.conditioner import QwenVLConditioner, _check_folder, load_pro
 from lowmem.models.dit import SpatialEditDiT
 from lowmem.models.dit_loading import DiTCheckpoint, Selection, check_filled, everything
 from lowmem.models.layout import ModelFolder, open_model_folder, open_shard
-from lowmem.models.vae import WanVAE, load_folder_vae
+from lowmem.models.vae import WanVAE, load_folder_vae, vae_config
 from lowmem.models.weight_sources import ComponentSource, check_complete, dit_source, meta_dit, meta_vlm, vlm_source
 from quantize.convert import quantize_tensors
 from quantize.linear import QuantizedLinear
-from quantize.manifest import MANIFEST, read_manifest, verify_file
+from quantize.manifest import MANIFEST, read_manifest, verify_file, verify_files, verify_sizes
 from quantize.plan import default_skip, quantizable_linears, swap_linears, use_compute
 from quantize.schemes import SCHEMES, check_scheme
 
@@ -226,9 +227,25 @@ def check_requested_scheme(folder: ModelFolder, quantization: Optional[str]) -> 
             )
 
 
+# Files hashed when they are loaded (the rest of a quantized folder is hashed when it is opened).
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def check_quantized_folder(folder: ModelFolder) -> None:
+    """Before any weight is read: every file manifest.json lists is there with its size, and each
+    small one (configs, tokenizer, processor) matches its sha256; weight files are hashed as they load."""
+    manifest = read_manifest(folder.root)
+    verify_sizes(folder.root, manifest)
+    for rel in manifest["files"]:
+        if not rel.endswith(WEIGHT_SUFFIXES):
+            verify_file(folder.root, rel, manifest)
+
+
 def load_conditioner(folder: ModelFolder, device: torch.device, dtype: torch.dtype,
                      quantization: Optional[str] = None) -> QwenVLConditioner:
     """The QwenVLConditioner of a quantized folder, or of an original one (quantized in memory when asked)."""
+    if folder.is_quantized:
+        verify_files(folder.root, read_manifest(folder.root), "text_encoder/")
     if folder.is_quantized and read_manifest(folder.root)["vlm"].get("quantized"):
         return _conditioner(load_quantized_vlm(folder.root, device, dtype), folder.text_encoder)
     if quantization is not None and not folder.is_quantized:
@@ -253,6 +270,9 @@ class ModelLoader:
     def __init__(self, folder: ModelFolder, device: torch.device | str, dtype: torch.dtype,
                  quantization: Optional[str] = None, compute: str = "bf16"):
         check_requested_scheme(folder, quantization)
+        if folder.is_quantized:
+            check_quantized_folder(folder)
+        vae_config(folder)  # every config is checked before any weight is read (the DiT's when it is built)
         self.folder, self.device, self.dtype, self.quantization = folder, torch.device(device), dtype, quantization
         self.dit, self.fill = dit_parts(folder, self.device, dtype, quantization)
         use_compute(self.dit, compute)  # before any weight is read: a dense Linear becomes a W8A8Linear on meta
@@ -266,4 +286,6 @@ class ModelLoader:
         return load_conditioner(self.folder, self.device, self.dtype, self.quantization)
 
     def vae(self) -> WanVAE:
+        if self.folder.is_quantized:
+            verify_files(self.folder.root, read_manifest(self.folder.root), "vae/")
         return load_folder_vae(self.folder, self.device)

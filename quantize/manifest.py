@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from lowmem.common.paths import write_text_atomic
 from lowmem.errors import CorruptCheckpointError, ManifestVersionError, ModelFolderError
 
 # 2: nf4/bnb scales may be double-quantized (per-tensor `double_quant`); version 1 folders, whose
@@ -33,9 +33,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n")
 
 
 REQUIRED_FIELDS = {"scheme": str, "backend": str, "files": dict, "dit": dict, "vlm": dict}
@@ -70,6 +68,26 @@ def read_manifest(folder: str | Path) -> dict:
 _VERIFIED: set[tuple[str, int, int, str]] = set()  # (path, size, mtime, sha256) already checked by this process
 
 
+def _reconvert(manifest: dict) -> str:
+    source = manifest.get("source", {}).get("folder", "the original model folder")
+    return f"re-convert: `lowmem quantize {source} --scheme {manifest.get('scheme')} --out NEW_FOLDER`"
+
+
+def verify_sizes(root: Path, manifest: dict) -> None:
+    """Every file manifest.json lists is there, with the size it was written with (folders written
+    before sizes were recorded: with any size). One stat per file: checked when a folder is opened."""
+    sizes = manifest.get("sizes") or {}
+    for rel in manifest.get("files", {}):
+        path = root / rel
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise ModelFolderError(f"{path} is missing ({exc.strerror}); {_reconvert(manifest)}") from None
+        if rel in sizes and size != sizes[rel]:
+            raise CorruptCheckpointError(f"{path} holds {size} bytes but manifest.json recorded {sizes[rel]} (truncated or "
+                                         f"changed after the conversion); {_reconvert(manifest)}")
+
+
 def verify_file(root: Path, rel: str, manifest: dict) -> Path:
     """`root/rel`, after checking its bytes against the sha256 manifest.json recorded when it was
     written (once per process and file version); a changed file names itself and what to re-run."""
@@ -84,13 +102,19 @@ def verify_file(root: Path, rel: str, manifest: dict) -> Path:
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, expected)
     if key not in _VERIFIED:
         if sha256_file(path) != expected:
-            source = manifest.get("source", {}).get("folder", "the original model folder")
             raise CorruptCheckpointError(
                 f"{path} does not match the sha256 manifest.json recorded for it (damaged or changed after the conversion); "
-                f"re-convert: `lowmem quantize {source} --scheme {manifest.get('scheme')} --out NEW_FOLDER`"
+                f"{_reconvert(manifest)}"
             )
         _VERIFIED.add(key)
     return path
+
+
+def verify_files(root: Path, manifest: dict, under: str) -> None:
+    """Check every file manifest.json lists below the folder `under` (e.g. "vae/") against its sha256."""
+    for rel in manifest.get("files", {}):
+        if rel.startswith(under):
+            verify_file(root, rel, manifest)
 
 
 def is_quantized_folder(folder: str | Path) -> bool:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
+from lowmem.common.json_files import read_text
 from lowmem.edits import EditSpec, add_edit_arguments, edit_spec
 from lowmem.errors import LowmemError
 
@@ -135,7 +136,8 @@ def read_jobs(path: Path, defaults: argparse.Namespace, context: dict) -> list[U
         raise JobError(f"jobs file {path} does not exist")
     jobs: list[Union[Job, BadJob]] = []
     owners: dict[str, int] = {}
-    for line, text in enumerate(path.read_text().splitlines(), start=1):
+    text_of_file = read_text(path, "save it as UTF-8 text: one JSON object per line", JobError)
+    for line, text in enumerate(text_of_file.splitlines(), start=1):
         if not text.strip():
             continue
         try:

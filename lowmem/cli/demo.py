@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
 
@@ -17,7 +18,9 @@ from PIL import Image
 
 from lowmem.cli import option_types
 from lowmem import instructions
-from lowmem.common.paths import check_output_path, check_writable_folder, same_file
+from lowmem.common.disk_space import out_of_space_is_an_error
+from lowmem.common.images import encode_image
+from lowmem.common.paths import atomic_file, check_output_path, check_writable_folder, made_folder, same_file
 from lowmem.edits import COMPUTE_CHOICES, COMPUTE_HELP, add_edit_arguments, edit_spec, instruction_from_args
 from lowmem.errors import OutputPathError
 from lowmem.instructions import EditInstruction
@@ -83,6 +86,20 @@ def check_out_dir(args: argparse.Namespace) -> None:
             check_output_path(target, args.overwrite)
 
 
+def save_outputs(out_dir: Path, images: dict[str, Image.Image], report: str) -> None:
+    """All of the demo's files or none: each is written to its temporary name first and the names
+    are swapped in only when every one was written (a full disk replaces none of them), in `out_dir`,
+    made only now, and removed again when it is left empty."""
+    files = {name: encode_image(picture) for name, picture in images.items()}
+    files["report.json"] = report.encode("utf-8")
+    needed = sum(map(len, files.values()))
+    with (made_folder(out_dir), out_of_space_is_an_error(out_dir, needed, what="writing the demo's files"),
+          ExitStack() as stack):
+        for name, data in files.items():
+            with open(stack.enter_context(atomic_file(out_dir / name)), "wb") as handle:
+                handle.write(data)
+
+
 def run(args: argparse.Namespace) -> int:
     from lowmem.common.images import open_image
     from lowmem.models.layout import open_model_folder
@@ -97,8 +114,6 @@ def run(args: argparse.Namespace) -> int:
     image = open_image(args.image) if args.image else scene.source.image
     spec.instruction.check_box_inside(image.size)  # --move-box is in the input image's pixels
 
-    from lowmem.common.images import save_image_atomic
-    from lowmem.common.paths import write_text_atomic
     from lowmem.models.dit_loading import read_dit_config
     from lowmem.pipeline import SpatialEditPipeline, default_device
     from lowmem.tiny.random_model import tiny_model_budget
@@ -129,10 +144,7 @@ def run(args: argparse.Namespace) -> int:
         "spot_mask.png": mask,
         "side_by_side.png": side_by_side(result.input_image, result.image, mask),
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)  # only now: a refused or failed run leaves no empty folder
-    for name, picture in outputs.items():
-        save_image_atomic(picture, args.out_dir / name, overwrite=args.overwrite)
-    write_text_atomic(args.out_dir / "report.json", result.report.to_json())
+    save_outputs(args.out_dir, outputs, result.report.to_json())
     print(f"\n== report\n{result.report.format()}")
     print(f"\nsaved {', '.join(outputs)} and report.json in {args.out_dir}/ (input | output | regenerated region)")
     return 0

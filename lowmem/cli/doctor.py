@@ -62,14 +62,12 @@ RELEASE_BYTES = {"dit": 32.5e9, "qwen": 17.5e9, "vae": 0.5e9}
 
 def download_space() -> str:
     """What `lowmem download` needs where: the Hugging Face cache and the model folder, with free space."""
-    import shutil
-
-    from lowmem.hub.fetch import cache_dir, existing_parent
+    from lowmem.common.disk_space import format_bytes, free_bytes
+    from lowmem.hub.fetch import cache_dir
     from lowmem.hub.models import models_home
-    from lowmem.offload import format_bytes
 
     def free(path):
-        return format_bytes(shutil.disk_usage(existing_parent(path)).free)
+        return format_bytes(free_bytes(path))
 
     cache, home = cache_dir(), models_home()
     return (f"download   the Hugging Face cache ({cache}, {free(cache)} free) takes "

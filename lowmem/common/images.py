@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lowmem.common.paths import check_output_path, new_file_mode
+from lowmem.common.paths import check_output_path, write_bytes_atomic
 from lowmem.errors import InputImageError, InstructionError, ResolutionError
 
 # The official demo's input rule (`_dynamic_resize_from_bucket` in the public SpatialEdit code): pick
@@ -258,20 +258,17 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
+def encode_image(image: Image.Image, suffix: str = ".png") -> bytes:
+    """The file bytes of `image` in the format its file name's `suffix` says (PNG when unknown),
+    encoded in memory: their size is known before the disk is asked for it."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=Image.registered_extensions().get(suffix.lower(), "PNG"))
+    return buffer.getvalue()
+
+
 def save_image_atomic(image: Image.Image, path: str | Path, overwrite: bool = False) -> Path:
     """Save to a temporary name in the same folder, then rename: a crash never leaves half a file."""
     path = Path(path)
     check_output_path(path, overwrite)
     suffix = path.suffix or ".png"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-    try:
-        os.fchmod(fd, new_file_mode())  # the mode a new file gets under the umask, not mkstemp's 0600
-    finally:
-        os.close(fd)
-    try:
-        image.save(tmp, format=Image.registered_extensions().get(suffix.lower(), "PNG"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes_atomic(path, encode_image(image, suffix), prefix=f".{path.stem}.", suffix=suffix)

@@ -1,4 +1,8 @@
-"""Output paths: checked before any heavy work, written atomically (temporary name, then rename)."""
+"""Output paths: checked before any heavy work, written atomically (temporary name, then rename).
+
+Every file lowmem writes goes through `atomic_file` (or a `staged_folder`, or the lock), so a write
+that fails, is interrupted or finds the disk full leaves the old file as it was and no temporary
+behind; a full disk is one OutOfSpaceError (`common.disk_space`)."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
+from lowmem.common.disk_space import out_of_space_is_an_error
 from lowmem.errors import OutputPathError
 
 
@@ -106,32 +111,43 @@ def new_folder_mode() -> int:
     return 0o777 & ~process_umask()
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write `text` to a temporary file beside `path`, then rename it over `path` (with the mode a new
-    file gets under the umask)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, new_file_mode())
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+@contextmanager
+def atomic_file(path: Path, needed: Optional[int] = None, prefix: Optional[str] = None, suffix: str = "") -> Iterator[Path]:
+    """A temporary file beside `path` (named `prefix`...`suffix`, default .NAME.*, with the mode a new
+    file gets under the umask) for the block to write; renamed over `path` when the block succeeds,
+    removed when it fails. A full disk is one OutOfSpaceError naming `path` and the `needed` bytes."""
+    path = Path(path)
+    with out_of_space_is_an_error(path, needed):
+        fd, tmp = tempfile.mkstemp(prefix=prefix or f".{path.name}.", suffix=suffix, dir=path.parent)
+        try:
+            os.fchmod(fd, new_file_mode())
+        finally:
+            os.close(fd)
+        try:
+            yield Path(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def write_bytes_atomic(path: Path, data: bytes, prefix: Optional[str] = None, suffix: str = "") -> Path:
+    """Write `data` to a temporary file beside `path` (see `atomic_file`), then rename it over `path`."""
+    with atomic_file(path, needed=len(data), prefix=prefix, suffix=suffix) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
     return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write `text` (UTF-8) to a temporary file beside `path`, then rename it over `path`."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def copy_atomic(source: Path, path: Path) -> Path:
     """Copy `source` to a temporary file beside `path` (bytes, then mode and times, as shutil.copy2
     does), then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path, needed=Path(source).stat().st_size) as tmp:
         shutil.copy2(source, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -158,20 +174,41 @@ def check_new_folder(target: Path) -> None:
 
 
 @contextmanager
-def staged_folder(target: Path) -> Iterator[Path]:
+def staged_folder(target: Path, needed: Optional[int] = None) -> Iterator[Path]:
     """Build a new folder beside `target` and rename it to `target` when the block succeeds; on any
-    failure the half-built folder is removed. `target` must be absent or an empty folder."""
+    failure the half-built folder is removed. `target` must be absent or an empty folder. A full disk
+    inside the block is one OutOfSpaceError (with `needed`, the bytes the whole folder takes)."""
     target = Path(target)
     check_new_folder(target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    with out_of_space_is_an_error(target, needed, what="the folder"):
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            os.chmod(staging, new_folder_mode())  # what mkdir would have made, not mkdtemp's 0700
+            yield staging
+            if target.exists():
+                target.rmdir()
+            staging.rename(target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+@contextmanager
+def made_folder(folder: Path) -> Iterator[Path]:
+    """`folder`, made with its missing parents for the block; when the block fails, those of them it
+    left empty are removed again (a failed run leaves no empty folder behind)."""
+    folder = Path(folder)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # the deepest first
+    with out_of_space_is_an_error(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     try:
-        os.chmod(staging, new_folder_mode())  # what mkdir would have made, not mkdtemp's 0700
-        yield staging
-        if target.exists():
-            target.rmdir()
-        staging.rename(target)
+        yield folder
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        for path in made:
+            try:
+                path.rmdir()
+            except OSError:  # not empty: something else lives there now
+                break
         raise
 
 
@@ -184,7 +221,8 @@ def exclusive_lock(lock_file: Path, busy: str) -> Iterator[None]:
 
     lock_file = Path(lock_file)
     while True:
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        with out_of_space_is_an_error(lock_file):
+            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -197,8 +235,10 @@ def exclusive_lock(lock_file: Path, busy: str) -> Iterator[None]:
             pass
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        pid = f"{os.getpid()}\n".encode()
+        with out_of_space_is_an_error(lock_file, len(pid)):
+            os.ftruncate(fd, 0)
+            os.write(fd, pid)
         yield
     finally:
         lock_file.unlink(missing_ok=True)

@@ -23,7 +23,8 @@ from typing import Optional
 
 from lowmem.common.paths import check_new_folder, check_writable_folder, write_text_atomic
 from lowmem.errors import OutputPathError
-from lowmem.hub.fetch import Release, cache_dir, check_disk, describe_release, environment, existing_parent, fetch
+from lowmem.common.disk_space import existing_parent
+from lowmem.hub.fetch import Release, cache_dir, check_disk, describe_release, environment, fetch
 from lowmem.hub.models import HUB_RECORD
 from lowmem.hub.release import RELEASE_REPO
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
+from lowmem.common.disk_space import check_free_space, is_out_of_space, out_of_space
 from lowmem.errors import LowmemError
 from lowmem.hub.release import (
     QWEN_REPO,
@@ -87,7 +87,10 @@ def hub_call(repo: str, call: Callable[[], T]) -> T:
                            "downloading: unset HF_HUB_OFFLINE, or point HF_HUB_CACHE at a cache that holds it") from exc
         raise HubError(f"cannot reach the Hub at {constants.ENDPOINT} for {repo} ({type(exc).__name__}): check the "
                        f"network (or HF_ENDPOINT), or set HF_HUB_OFFLINE=1 to use the cache in {cache_dir()}") from exc
-    except transport_errors() as exc:  # connection refused or reset, DNS, timeouts
+    except transport_errors() as exc:  # connection refused or reset, DNS, timeouts; or a full disk
+        if is_out_of_space(exc):
+            raise out_of_space(cache_dir(), what="the download", note="what was fetched stays in the cache and "
+                               "`lowmem download` resumes from it") from exc
         raise HubError(f"cannot reach the Hub at {constants.ENDPOINT} for {repo} ({exc}): check the network (or "
                        f"HF_ENDPOINT), or set HF_HUB_OFFLINE=1 to use the cache in {cache_dir()}") from exc
 
@@ -176,30 +179,10 @@ def describe_release(revision: Optional[str] = None) -> Release:
     return Release(release, layout_of["layout"], qwen, wan)
 
 
-def existing_parent(path: Path) -> Path:
-    """`path`, or its nearest parent that exists (a folder about to be made lives on its file system)."""
-    while not path.exists():
-        path = path.parent
-    return path
-
-
 def check_disk(needs: dict[Path, int]) -> None:
     """Refuse before any byte is written when a file system has less free space than what will be
     written to it (`needs`: a folder on each file system -> bytes), naming both numbers."""
-    from lowmem.offload.budget import format_bytes
-
-    by_device: dict[int, tuple[list[Path], int]] = {}
-    for folder, nbytes in needs.items():
-        existing = existing_parent(folder)
-        device = existing.stat().st_dev
-        folders, total = by_device.get(device, ([], 0))
-        by_device[device] = (folders + [existing], total + nbytes)
-    for folders, nbytes in by_device.values():
-        free = shutil.disk_usage(folders[0]).free
-        if nbytes > free:
-            raise HubError(f"not enough disk space where {' and '.join(map(str, folders))} live: this download needs "
-                           f"{format_bytes(nbytes)} there, {format_bytes(free)} is free; free some space, or point "
-                           "HF_HUB_CACHE / --out at another disk (nothing was written)")
+    check_free_space(needs, "this download", "free some space, or point HF_HUB_CACHE / --out at another disk")
 
 
 @dataclass

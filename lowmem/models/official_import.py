@@ -23,8 +23,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from lowmem.common.disk_space import check_free_space, existing_parent
 from lowmem.common.json_files import read_json_object
-from lowmem.common.paths import staged_folder
+from lowmem.common.paths import staged_folder, write_text_atomic
 from lowmem.errors import CorruptCheckpointError, ModelFolderError
 from lowmem.models.dit import build_dit
 from lowmem.models.dit_config import DiTConfig
@@ -82,16 +83,35 @@ class LoRA:
                                    f"lora_alpha={alpha!r}")
         self.scale = alpha / (rank**0.5 if config.get("use_rslora") else rank)
         self.pairs: dict[str, dict[str, torch.Tensor]] = {}
+        self.keys: dict[tuple[str, str], str] = {}  # (module, "A" | "B") -> its name in the adapter file
         try:
             with safe_open(weights, "pt", device="cpu") as reader:
                 for key in reader.keys():
                     module, _, part = key.removeprefix(PEFT_PREFIX).rpartition(".lora_")
                     self.pairs.setdefault(module, {})[part.split(".")[0]] = reader.get_tensor(key)
+                    self.keys[module, part.split(".")[0]] = key
         except (SafetensorError, OSError) as exc:
             raise CorruptCheckpointError(f"{weights} is truncated or corrupt ({exc})") from exc
         for module, pair in self.pairs.items():
             if set(pair) != {"A", "B"}:
                 raise CorruptCheckpointError(f"LoRA module {module} lacks its lora_A or lora_B weight")
+
+    def check_against(self, expected: dict[str, torch.Size]) -> None:
+        """Every adapted module is a Linear of the DiT whose weight (out, in) takes this pair: A of
+        (rank, in), B of (out, rank); else one CorruptCheckpointError naming the tensor and both shapes."""
+        for module, pair in sorted(self.pairs.items()):
+            base = expected.get(f"{module}.weight")
+            if base is None or len(base) != 2:
+                raise CorruptCheckpointError(f"the LoRA adapts {module!r}, which is not a Linear of this DiT")
+            out_features, in_features = base
+            a, b = pair["A"], pair["B"]
+            rank = a.shape[0] if a.dim() == 2 else None
+            for part, tensor, wanted in (("A", a, (rank, in_features)), ("B", b, (out_features, rank))):
+                if tuple(tensor.shape) != wanted:
+                    raise CorruptCheckpointError(
+                        f"the LoRA's {self.keys[module, part]} has shape {tuple(tensor.shape)}, but {module}.weight is "
+                        f"{tuple(base)} (lora_{part} must be {'(rank, in)' if part == 'A' else '(out, rank)'}): the LoRA "
+                        "belongs to another model; pass the release's own LoRA folder")
 
     def delta(self, module: str) -> Optional[torch.Tensor]:
         """scale * B @ A in float32 for `module`, or None when the adapter does not touch it."""
@@ -99,8 +119,8 @@ class LoRA:
         return None if pair is None else self.scale * (pair["B"].float() @ pair["A"].float())
 
 
-def merged_tensors(state: dict[str, torch.Tensor], lora: Optional[LoRA], expected: dict[str, torch.Size]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Each DiT tensor in its stored dtype, the LoRA delta merged into adapted Linear weights."""
+def check_merge(state: dict[str, torch.Tensor], lora: Optional[LoRA], expected: dict[str, torch.Size]) -> None:
+    """The checkpoint holds exactly the DiT's tensors and the LoRA fits them: refused before writing."""
     unknown = sorted(set(state) - set(expected))
     if unknown:
         raise CorruptCheckpointError(f"the DiT checkpoint holds {unknown[0]!r} ({len(unknown)} unknown tensors): not a SpatialEdit DiT")
@@ -108,9 +128,12 @@ def merged_tensors(state: dict[str, torch.Tensor], lora: Optional[LoRA], expecte
     if missing:
         raise CorruptCheckpointError(f"the DiT checkpoint lacks {len(missing)} tensors (first: {missing[0]})")
     if lora is not None:
-        stray = sorted(m for m in lora.pairs if f"{m}.weight" not in expected)
-        if stray:
-            raise CorruptCheckpointError(f"the LoRA adapts {stray[0]!r}, which is not a Linear of this DiT")
+        lora.check_against(expected)
+
+
+def merged_tensors(state: dict[str, torch.Tensor], lora: Optional[LoRA]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each DiT tensor in its stored dtype, the LoRA delta merged into adapted Linear weights
+    (`check_merge` first)."""
     for name, tensor in state.items():
         delta = lora.delta(name.removesuffix(".weight")) if lora is not None and name.endswith(".weight") else None
         if delta is not None:
@@ -151,14 +174,19 @@ def import_official(
     adapter = LoRA(Path(lora)) if lora is not None else None
     config = config or infer_dit_config(state)
     expected = {k: v.shape for k, v in build_dit(config, device="meta").state_dict().items()}
+    check_merge(state, adapter, expected)
+    total_bytes = sum(t.numel() * t.element_size() for t in state.values())
+    needed = total_bytes + sum(f.stat().st_size for f in _parts_to_link(Path(vae), Path(text_encoder))
+                               if not same_file_system(f, out))
+    check_free_space({out: needed}, f"the model folder {out}", "free some space, or choose an --out on another disk")
 
-    with staged_folder(out) as staging:
+    with staged_folder(out, needed) as staging:
         transformer = staging / "transformer"
         transformer.mkdir()
-        (transformer / "config.json").write_text(config.to_json())
+        write_text_atomic(transformer / "config.json", config.to_json())
         shards: list[dict[str, torch.Tensor]] = [{}]
         size = 0
-        for name, tensor in tqdm(merged_tensors(state, adapter, expected), total=len(state), desc="import DiT",
+        for name, tensor in tqdm(merged_tensors(state, adapter), total=len(state), desc="import DiT",
                                  unit="tensor", disable=not progress):
             nbytes = tensor.numel() * tensor.element_size()
             if shards[-1] and size + nbytes > shard_bytes:
@@ -175,14 +203,24 @@ def import_official(
             final = transformer / f"diffusion_pytorch_model-{i:05d}-of-{total:05d}.safetensors"
             os.replace(transformer / f".shard-{i}.safetensors", final)
             weight_map.update({n: final.name for n in shard})
-        total_bytes = sum(t.numel() * t.element_size() for t in state.values())
-        (transformer / DIT_INDEX).write_text(json.dumps({"metadata": {"total_size": total_bytes}, "weight_map": weight_map}, indent=2))
+        write_text_atomic(transformer / DIT_INDEX, json.dumps({"metadata": {"total_size": total_bytes}, "weight_map": weight_map},
+                                                              indent=2))
         link_or_copy(Path(vae), staging / "vae" / "Wan2.1_VAE.pth")
-        for file in sorted(Path(text_encoder).rglob("*")):
-            if file.is_file():
-                link_or_copy(file, staging / "text_encoder" / file.relative_to(text_encoder))
+        for file in _parts_to_link(Path(vae), Path(text_encoder))[1:]:
+            link_or_copy(file, staging / "text_encoder" / file.relative_to(text_encoder))
         open_model_folder(staging)  # the result must read back as a model folder
     return out
+
+
+def _parts_to_link(vae: Path, text_encoder: Path) -> list[Path]:
+    """The files the model folder takes as they are: the VAE, then every file of the Qwen3-VL folder."""
+    return [vae] + [f for f in sorted(text_encoder.rglob("*")) if f.is_file()]
+
+
+def same_file_system(source: Path, folder: Path) -> bool:
+    """Whether `source` (a link followed) lives on the file system of `folder` (made or not), where a
+    hard link takes no space."""
+    return Path(source).resolve().stat().st_dev == existing_parent(folder).stat().st_dev
 
 
 def check_parts(vae: Path, text_encoder: Path) -> None:

@@ -10,7 +10,6 @@ second copy of the weights, and exposes the early decoder activations SpotEdit's
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from torch import Tensor, nn
 
 from diffusers import AutoencoderKLWan
 
+from lowmem.common.json_files import read_json_object
 from lowmem.errors import CorruptCheckpointError, ModelFolderError
 from lowmem.models.layout import ModelFolder
 from lowmem.models.wan_vae_keys import (
@@ -299,9 +299,23 @@ def write_tiny_vae(path: Path | str, seed: int = 0) -> None:
             tmp.unlink()
 
 
-def load_folder_vae(folder: ModelFolder, device: torch.device) -> WanVAE:
-    """The folder's Wan VAE; an optional `vae/config.json` (AutoencoderKLWan kwargs) describes a VAE
-    whose architecture differs from Wan2.1's beyond its channel width."""
+def vae_config(folder: ModelFolder) -> dict[str, Any] | None:
+    """The folder's optional `vae/config.json` (AutoencoderKLWan kwargs: a VAE whose architecture
+    differs from Wan2.1's beyond its channel width), checked by building that VAE on the meta device,
+    so a bad one is refused before any weight of the model is read."""
     config_file = folder.vae_file.parent / "config.json"
-    config = json.loads(config_file.read_text()) if config_file.exists() else None
-    return WanVAE.from_file(folder.vae_file, config=config, dtype=torch.float32, device=device)
+    if not config_file.exists():
+        return None
+    fix = "write AutoencoderKLWan's arguments there, or remove it to use the Wan2.1 VAE's architecture"
+    config = read_json_object(config_file, fix)
+    try:
+        with torch.device("meta"):
+            AutoencoderKLWan(**config)
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as exc:
+        raise ModelFolderError(f"{config_file} does not describe a Wan VAE ({type(exc).__name__}: {exc}); {fix}") from None
+    return config
+
+
+def load_folder_vae(folder: ModelFolder, device: torch.device) -> WanVAE:
+    """The folder's Wan VAE, as its `vae/config.json` describes it when there is one (`vae_config`)."""
+    return WanVAE.from_file(folder.vae_file, config=vae_config(folder), dtype=torch.float32, device=device)

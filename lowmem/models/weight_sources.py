@@ -7,6 +7,7 @@ again, so the mapped pages of a multi-GB shard never pile up in the resident set
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,7 @@ from torch import nn
 from lowmem.common.json_files import read_json_object
 from lowmem.errors import CorruptCheckpointError, ModelFolderError
 from lowmem.models.dit_loading import IGNORED_PREFIXES, read_dit_config
-from lowmem.models.layout import ModelFolder, open_shard
-
-VLM_INDEX = "model.safetensors.index.json"
+from lowmem.models.layout import VLM_INDEX, ModelFolder, open_shard
 
 
 @dataclass
@@ -38,6 +37,16 @@ def read_tensor(path: Path, name: str) -> torch.Tensor:
             return reader.get_tensor(name)
         except (SafetensorError, OSError) as exc:
             raise CorruptCheckpointError(f"{path} is truncated or corrupt at {name!r} ({exc})") from exc
+
+
+def tensor_bytes(path: Path) -> dict[str, int]:
+    """name -> stored bytes of each tensor in the safetensors file `path`, from its header alone
+    (checked by `check_shards` first)."""
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    return {name: entry["data_offsets"][1] - entry["data_offsets"][0] for name, entry in header.items()
+            if name != "__metadata__"}
 
 
 def check_shards(paths) -> None:

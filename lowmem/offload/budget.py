@@ -10,6 +10,7 @@ import math
 import re
 from numbers import Real
 
+from lowmem.common.disk_space import format_bytes  # noqa: F401  (one formatter; offload's name for it)
 from lowmem.errors import LowmemError
 
 
@@ -48,22 +49,3 @@ def parse_bytes(text: str | int | float) -> int:
     if value < 1:
         raise BudgetError(f"memory size must be at least 1 byte, got {text!r}; {HOW_TO_WRITE}")
     return value
-
-
-_SCALES = (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3))
-
-
-def format_bytes(n: float, rounding: str = "nearest") -> str:
-    """Human readable, SI (matches how budgets are written): 1.23 GB, 45.6 MB, 789 B.
-
-    `rounding` is "up" for a size the user must give (a need, a smallest budget): giving the printed
-    figure is then enough; "down" for what the user gave when it is compared with such a need, so
-    the two never print as the same figure when they differ."""
-    n = round(n)
-    for unit, scale in _SCALES:
-        if abs(n) >= scale:
-            step = scale // 100  # two decimals, counted in whole bytes: no float rounding surprises
-            hundredths = {"nearest": (2 * n + step) // (2 * step), "up": -(-n // step), "down": n // step}[rounding]
-            sign, hundredths = ("-" if hundredths < 0 else ""), abs(hundredths)
-            return f"{sign}{hundredths // 100}.{hundredths % 100:02d} {unit}"
-    return f"{n} B"

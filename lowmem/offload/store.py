@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from lowmem.common.paths import atomic_file
 from lowmem.offload.arena import PinnedArena
 from lowmem.offload.packing import BlockLayout
 
@@ -60,10 +61,8 @@ class DiskStore:
     def put(self, index: int, layout: BlockLayout) -> None:
         flat = torch.zeros(layout.nbytes, dtype=torch.uint8)
         layout.pack_into(flat)
-        tmp = self.path(index).with_suffix(".part")
-        with open(tmp, "wb") as f:
+        with atomic_file(self.path(index), needed=layout.nbytes) as tmp, open(tmp, "wb") as f:
             f.write(memoryview(flat.numpy()))
-        os.replace(tmp, self.path(index))
         self.sizes[index] = layout.nbytes
 
     def host_bytes(self) -> int:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from lowmem.common import validation
 from lowmem.common.forward_progress import forward_progress
 from lowmem.common.images import fit_bucket, read_input, to_model_tensor, to_pil
-from lowmem.errors import ArgumentError, LowmemError
+from lowmem.errors import ArgumentError, DamagedOutputError, LowmemError
 from lowmem.instructions import EditInstruction, as_instruction
 from lowmem.models.conditioner import QwenVLConditioner
 from lowmem.models.dit import SpatialEditDiT
@@ -34,6 +34,26 @@ from lowmem.models.scheduler import make_scheduler
 from lowmem.models.vae import WanVAE
 from lowmem.pipeline.report import RunReport
 from lowmem.spotedit import DiTSpotModel, SpotConfig, SpotKVCache, spot_denoise
+
+
+DAMAGED_WEIGHTS = ("its weights may be damaged: check the model folder (run `lowmem quantize` again for a quantized "
+                   "one, download or import an original one again)")
+
+
+def decoded_image(decoded: torch.Tensor) -> Image.Image:
+    """The VAE's output as the edited image, or one DamagedOutputError when it is no image: NaN or
+    infinite values, or every pixel alike, come from damaged weights, never from an edit. A run on the
+    meta device (tracing, planning) has no values to check."""
+    if decoded.is_meta:
+        return to_pil(decoded)
+    if not bool(torch.isfinite(decoded).all()):
+        raise DamagedOutputError(f"the model produced a non-finite image (NaN or infinite values after the VAE decode); "
+                                 f"{DAMAGED_WEIGHTS}")
+    image = to_pil(decoded)
+    if all(low == high for low, high in image.getextrema()):
+        raise DamagedOutputError(f"the model produced a constant image (every pixel is RGB {image.getpixel((0, 0))}); "
+                                 f"{DAMAGED_WEIGHTS}")
+    return image
 
 
 @dataclass
@@ -274,10 +294,11 @@ class SpatialEditPipeline:
                 stages = self.vae.stages("decoder")  # once, or once per tile: a count without a total then
                 with forward_progress(stages, "decode", None if decode_kwargs.get("tiled") else len(stages), progress):
                     decoded = self.vae.decode(latents, **decode_kwargs)
+                edited = decoded_image(decoded)
         if offload:
             report.extra.update(offload.report_items())
         spot_mask = outcome.mask_image(source.size) if outcome is not None else None
-        return EditResult(image=to_pil(decoded), report=report.finish(), input_image=source, spot_mask=spot_mask)
+        return EditResult(image=edited, report=report.finish(), input_image=source, spot_mask=spot_mask)
 
     def _announce_long_edit(self, size: tuple[int, int], text_tokens: int, rows: int, steps: int) -> None:
         """Say before the long phases when an edit will take over a minute (the 16B model at 4096 px on

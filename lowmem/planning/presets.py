@@ -10,6 +10,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from lowmem.common.json_files import read_text
 from lowmem.errors import LowmemError
 from lowmem.offload.budget import BudgetError, parse_bytes
 
@@ -73,7 +74,7 @@ def parse_preset(path: Path) -> Preset:
     """Read and validate one preset file; one PresetError names the file, the key and what is allowed."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(read_text(path, "save it as UTF-8 text (TOML files are UTF-8)", PresetError))
     except tomllib.TOMLDecodeError as exc:
         raise PresetError(f"{path.name} is not valid TOML ({exc})") from exc
     unknown = sorted(set(data) - _KEYS)
