@@ -54,7 +54,8 @@ CASES: dict[str, Case] = {
     "unknown option": Case("--frobnicate", "command"),
     "version": Case("--version", ok=True),
     "help": Case("--help", ok=True),
-    **{f"{c} help": Case(f"{c} --help", ok=True) for c in ("edit", "batch", "demo", "plan", "quantize", "doctor", "import")},
+    **{f"{c} help": Case(f"{c} --help", ok=True) for c in ("edit", "batch", "bench-run", "demo", "plan", "quantize",
+                                                              "doctor", "download", "import", "train-tiny", "ui")},
     # -- edit: required arguments and the edit itself
     "edit nothing": Case("edit", "required: --model, --image, --out"),
     "edit no out": Case("edit --model {model} --image {image_png} --rotate left", "required: --out"),
@@ -106,7 +107,7 @@ CASES: dict[str, Case] = {
     "edit manifest version": Case(EDIT_NO_MODEL + " --rotate left --model {quantized_manifest_version}", "version"),
     # -- edit: the input image
     "edit image missing": Case("edit --model {model} --out new.png --rotate left --image {root}/nope.png", "does not exist"),
-    "edit image is a folder": Case("edit --model {model} --out new.png --rotate left --image {empty_dir}", "does not exist"),
+    "edit image is a folder": Case("edit --model {model} --out new.png --rotate left --image {empty_dir}", "is a folder"),
     "edit image is text": Case("edit --model {model} --out new.png --rotate left --image {text_png}", "not a readable image"),
     "edit image empty": Case("edit --model {model} --out new.png --rotate left --image {empty_png}", "not a readable image"),
     "edit image truncated": Case("edit --model {model} --out new.png --rotate left --image {truncated_png}", "not a readable image"),
@@ -193,6 +194,39 @@ CASES: dict[str, Case] = {
                                 "--out m --lora {root}/nolora", "LoRA"),
     "import lora config not json": Case("import --dit {dit_pt} --vae {model}/vae/Wan2.1_VAE.pth --text-encoder "
                                         "{model}/text_encoder --out m --lora {lora_bad}", "adapter_config.json"),
+    # -- outputs that permissions allow but nothing can be created in: refused before any work
+    "edit out under proc": Case(EDIT + " --rotate left --out /proc/new.png", "cannot create files in /proc"),
+    "edit report under sys": Case(EDIT + " --rotate left --report /sys/report.json", "cannot create files in /sys"),
+    "batch out under proc": Case("batch {bad_jsonl} --out /proc/b --model {model}", "cannot create files in /proc"),
+    "demo out under proc": Case("demo --out-dir /proc/demo", "cannot create files in /proc"),
+    "quantize out under proc": Case("quantize {model} --scheme nf4 --out /proc/q", "cannot create files in /proc"),
+    "doctor json under proc": Case("doctor --json /proc/d.json", "cannot create files in /proc"),
+    "download out under proc": Case("download --out /proc/m", "cannot create files in /proc"),
+    "train-tiny out under proc": Case("train-tiny --out /proc/t", "cannot create files in /proc"),
+    # -- bench-run
+    "bench-run nothing": Case("bench-run", "required: --meta/--meta-file, --data/--bench-data-dir"),
+    "bench-run meta missing": Case("bench-run --meta {root}/none.json --data {root} --out b --model {model}", "does not exist"),
+    "bench-run meta not json": Case("bench-run --meta {bad_jsonl} --data {root} --out b --model {model}", "is not JSON"),
+    "bench-run meta not a list": Case("bench-run --meta {meta_dict_json} --data {root} --out b --model {model}",
+                                      "not the benchmark's list"),
+    "bench-run data missing": Case("bench-run --meta {meta_dict_json} --data {root}/none --out b --model {model}",
+                                   "does not exist"),
+    "bench-run out is a file": Case("bench-run --meta {meta_dict_json} --data {root} --out {image_png} --model {model}",
+                                    "is a file"),
+    "bench-run out under proc": Case("bench-run --meta {meta_dict_json} --data {root} --out /proc/b --model {model}",
+                                     "cannot create files in /proc"),
+    "bench-run model missing": Case("bench-run --meta {meta_dict_json} --data {root} --out b --model {root}/nowhere",
+                                    "does not exist"),
+    "bench-run shard out of range": Case("bench-run --meta {meta_dict_json} --data {root} --out b --model {model} "
+                                         "--shard 2/2", "--shard 2/2"),
+    "bench-run steps 0": Case("bench-run --meta {meta_dict_json} --data {root} --out b --model {model} --steps 0",
+                              "--steps"),
+    "bench-run budget words": Case("bench-run --meta {meta_dict_json} --data {root} --out b --model {model} --budget lots",
+                                   "lots"),
+    # -- ui
+    "ui model missing": Case("ui --model {root}/nowhere", "does not exist"),
+    "ui budget words": Case("ui --budget lots", "lots"),
+    "ui port words": Case("ui --port http", "--port"),
     "import shard size words": Case("import --dit {dit_pt} --vae {model}/vae/Wan2.1_VAE.pth --text-encoder {model}/text_encoder "
                                     "--out m --shard-size lots", "lots"),
 }
@@ -220,6 +254,7 @@ def sandbox(tiny_model: Path, quantized_model: Path, tmp_path_factory: pytest.Te
     Image.new("RGB", (64, 64)).save(root / "demo_dir" / "input.png")
     (root / "not_toml.toml").write_text("this = is [ not toml")
     (root / "bad.jsonl").write_text("{ not json\n")
+    (root / "meta_dict.json").write_text(json.dumps({"image_path": "image.png"}))
     torch.save({"double_blocks.0.x": torch.zeros(1)}, root / "dit.pt")
     (root / "lora_bad").mkdir()
     (root / "lora_bad" / "adapter_config.json").write_text("{ nope")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lowmem.cli import option_types
 from lowmem.common import validation
 from lowmem.common.validation import cli_type
 from lowmem.edits import COMPUTE_CHOICES, COMPUTE_HELP
@@ -16,9 +17,9 @@ HELP = "serve a web page for geometric edits on 127.0.0.1 (on the shipped traine
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path,
                         help="model folder or downloaded Hub id (default: the shipped trained tiny model)")
-    parser.add_argument("--budget", help="memory budget of the compute device, e.g. 24GB, or 'auto' "
+    parser.add_argument("--budget", type=option_types.budget, help="memory budget of the compute device, e.g. 24GB, or 'auto' "
                                          "(default: auto on a GPU; the tiny model's own on the shipped one)")
-    parser.add_argument("--preset", help="hardware preset from offload_plans/ (e.g. rtx4090-24gb)")
+    parser.add_argument("--preset", type=option_types.preset, help="hardware preset from offload_plans/ (e.g. rtx4090-24gb)")
     parser.add_argument("--compute", choices=COMPUTE_CHOICES, default="auto", help=COMPUTE_HELP)
     parser.add_argument("--resolution", type=cli_type(validation.resolution, "resolution"),
                         help="the largest working resolution the page offers, planned for "
