@@ -26,7 +26,7 @@ def test_budgeted_edit_peak_rss_stays_near_a_third_of_the_weights(tmp_path, scen
     scene.save(image)
     weights = 16 * 24 * 512 * 512 * 4
     budget = int(weights * 0.35)  # the smallest the planner accepts here: the prompt phase needs ~137 MB
-    result = subprocess.run([sys.executable, str(WORKER), str(model), str(image), str(tmp_path / "out.png"), str(budget),
+    result = subprocess.run([sys.executable, str(WORKER), str(model), str(image), str(tmp_path / "out.png"), f"{budget}B",
                              str(warmup)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -123,8 +123,9 @@ def cli_type(check: Callable, metavar_name: str) -> Callable[[str], object]:
     return parse
 
 
-def device(text: str):
-    """A torch.device this machine has: 'cpu', 'cuda' or 'cuda:N' with N an existing GPU (or such a torch.device)."""
+def device(text: str, allow_meta: bool = False):
+    """A torch.device this machine has: 'cpu', 'cuda' or 'cuda:N' with N an existing GPU (or such a torch.device).
+    `allow_meta`: also 'meta', the shape-only device the Python API runs the full model on to trace it."""
     import torch
 
     if not isinstance(text, (str, torch.device)):
@@ -139,7 +140,7 @@ def device(text: str):
             raise ArgumentError(f"device {text!r}: no CUDA GPU is available here; use --device cpu")
         if chosen.index is not None and chosen.index >= count:
             raise ArgumentError(f"device {text!r}: this machine has {count} CUDA GPU(s), numbered from 0")
-    elif chosen.type != "cpu":
+    elif chosen.type != "cpu" and not (allow_meta and chosen.type == "meta"):
         raise ArgumentError(f"device {text!r} is not supported; use cpu or cuda")
     return chosen
 

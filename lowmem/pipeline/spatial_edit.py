@@ -160,7 +160,7 @@ class SpatialEditPipeline:
         model = validation.path(model, "model")
         resolution = validation.resolution(resolution)
         guidance = validation.guidance(guidance)
-        device = validation.device(device) if device is not None else default_device()
+        device = validation.device(device, allow_meta=True) if device is not None else default_device()
         dtype = validation.dtype(dtype) if dtype is not None else default_dtype(device)
         if preset is not None and not isinstance(preset, str):
             raise ArgumentError(f"preset must be a preset name such as 'rtx4090-24gb', got {type(preset).__name__} {preset!r}")
