@@ -218,6 +218,7 @@ def test_edit_report_on_a_full_disk(tiny_model, image_file, tmp_path, monkeypatc
     line = error_line(main(edit(tiny_model, image_file, tmp_path / "out.png", "--report", str(report))), capsys)
     assert f"no space left on the disk for {report}" in line
     assert list(report.parent.iterdir()) == []
+    assert not (tmp_path / "out.png").exists()  # the image and its report are written together, or neither
 
 
 def test_demo_on_a_full_disk_leaves_no_folder(tmp_path, monkeypatch, capsys):

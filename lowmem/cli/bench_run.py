@@ -76,7 +76,7 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lowmem.bench_run.meta import read_meta
+    from lowmem.bench_run.meta import BenchItem, read_meta
     from lowmem.models.layout import open_model_folder
 
     rank, world = parse_shard(args.shard)
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(exist_ok=True)
     report = BenchReport(args.out, record, shard=None if world == 1 else (rank, world))
 
-    def spec_for(item) -> EditSpec:  # the free-text prompt inside the official template, every item the same settings
+    def spec_for(item: BenchItem) -> EditSpec:  # the free-text prompt inside the official template, every item the same settings
         return EditSpec(EditInstruction(item.prompt), steps=args.steps, guidance=args.guidance, seed=args.seed,
                         negative_prompt=args.neg_prompt)
 

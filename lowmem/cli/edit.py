@@ -90,8 +90,8 @@ def edit_one(args: argparse.Namespace, spec: "EditSpec", image: "Image.Image", c
     from lowmem.common import validation
 
     device = cfg.device if cfg else validation.device(args.device) if args.device else None  # imports torch only
-    from lowmem.common.images import save_image_atomic
-    from lowmem.common.paths import write_text_atomic
+    from lowmem.common.images import encode_image
+    from lowmem.common.paths import write_files_atomic
     from lowmem.pipeline import SpatialEditPipeline, default_device
 
     device = device or default_device()
@@ -120,9 +120,10 @@ def edit_one(args: argparse.Namespace, spec: "EditSpec", image: "Image.Image", c
     result = pipe.edit(image, resolution=args.resolution, progress=leader, **spec.edit_arguments(pipe.spot))
     if not leader:
         return 0
-    save_image_atomic(result.image, args.out, overwrite=args.overwrite)
+    outputs = {args.out: encode_image(result.image, args.out.suffix or ".png")}
     if args.report:
-        write_text_atomic(args.report, result.report.to_json())
+        outputs[args.report] = result.report.to_json().encode("utf-8")
+    write_files_atomic(outputs)  # the image and its report, or neither (checked writable before the edit ran)
     print(result.report.format())
     print(f"saved {args.out}")
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -136,6 +136,15 @@ def write_bytes_atomic(path: Path, data: bytes, prefix: Optional[str] = None, su
     with atomic_file(path, needed=len(data), prefix=prefix, suffix=suffix) as tmp, open(tmp, "wb") as handle:
         handle.write(data)
     return path
+
+
+def write_files_atomic(files: dict[Path, bytes]) -> None:
+    """Write every file or none: each goes to its temporary name first, and the files are renamed over
+    their paths only once all are written (a full disk on the last one leaves none of them new)."""
+    with ExitStack() as written:
+        for path, data in files.items():
+            with open(written.enter_context(atomic_file(path, needed=len(data))), "wb") as handle:
+                handle.write(data)
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
