@@ -76,3 +76,23 @@ def cache_arenas(monkeypatch) -> list:
 
     monkeypatch.setattr(cache_ring, "PinnedArena", Counted)
     return arenas
+
+
+class Loaded(AssertionError):
+    """A model folder was read (or converted) although an argument was already wrong."""
+
+
+@pytest.fixture
+def no_loading(monkeypatch) -> type[Loaded]:
+    """While the test runs, reading a model folder's weights or converting one raises Loaded (returned,
+    for tests that catch it to say which case read weights)."""
+    import importlib
+
+    import lowmem.loading
+
+    def refuse(*args, **kwargs):
+        raise Loaded("weights were read before the bad argument was refused")
+
+    monkeypatch.setattr(lowmem.loading.ModelLoader, "__init__", refuse)
+    monkeypatch.setattr(importlib.import_module("quantize.convert"), "convert", refuse)
+    return Loaded

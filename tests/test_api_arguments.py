@@ -23,20 +23,6 @@ from lowmem.pipeline import SpatialEditPipeline
 PROMPT = "Rotate the object to show the left side view."
 
 
-class Loaded(AssertionError):
-    """A model folder was read although an argument was already wrong."""
-
-
-@pytest.fixture
-def no_loading(monkeypatch):
-    import lowmem.loading
-
-    def refuse(*args, **kwargs):
-        raise Loaded("weights were read before the bad argument was refused")
-
-    monkeypatch.setattr(lowmem.loading.ModelLoader, "__init__", refuse)
-
-
 LOAD_CASES = [
     ({"memory_budget": math.nan}, BudgetError, "memory size nan is not a finite number"),
     ({"memory_budget": math.inf}, BudgetError, "memory size inf is not a finite number"),

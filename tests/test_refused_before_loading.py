@@ -8,29 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
 from lowmem.cli import main
 
 NO_CUDA = not torch.cuda.is_available()
-
-
-class Loaded(AssertionError):
-    """A model folder was read although the arguments were already wrong."""
-
-
-@pytest.fixture
-def no_loading(monkeypatch):
-    import importlib
-
-    import lowmem.loading
-
-    def refuse(*args, **kwargs):
-        raise Loaded("weights were read before the bad argument was refused")
-
-    monkeypatch.setattr(lowmem.loading.ModelLoader, "__init__", refuse)
-    monkeypatch.setattr(importlib.import_module("quantize.convert"), "convert", refuse)
 
 
 def cases(model: Path, image: Path, tmp: Path) -> list[tuple[list[str], str]]:
@@ -82,7 +64,7 @@ def test_bad_arguments_are_refused_before_any_weight_is_read(tiny_model, image_f
             status = main(argv)
         except SystemExit as stop:  # the argument parser's refusal: already printed as one line
             status = stop.code
-        except Loaded:
+        except no_loading:  # the Loaded error the fixture raises
             failures.append(f"{' '.join(argv[:1])} ... {words!r}: weights were read first")
             continue
         err = capsys.readouterr().err

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", type=option_types.preset, help="hardware preset from offload_plans/ (e.g. rtx4090-24gb)")
     parser.add_argument("--quantization", choices=SCHEME_CHOICES, help="quantize an original model folder while loading")
     parser.add_argument("--compute", choices=COMPUTE_CHOICES, default="auto", help=COMPUTE_HELP)
-    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+    parser.add_argument("--engine", choices=option_types.ENGINE_CHOICES, default="local",
                         help="local: one pipeline in this process (default); ray: one worker per GPU of a Ray cluster "
                              "(pip install 'lowmem[ray]')")
     parser.add_argument("--address", help="Ray: address of a running cluster (default: start a local one)")
@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
     open_model_folder(args.model)  # a wrong --model is refused before any job is read
     from lowmem.batch import BatchDriver, BatchSettings, Job, read_jobs  # not at the top: it imports torch
+    from lowmem.batch.engines import run_engine
 
     settings = BatchSettings(model=args.model.resolve(), device=args.device, budget=args.budget, preset=args.preset,
                              quantization=args.quantization, resolution=args.resolution, spot=args.spot,
@@ -51,14 +52,7 @@ def run(args: argparse.Namespace) -> int:
     before = driver.report.counts()
     print(f"{len(jobs)} jobs: {before['failed']} invalid (see the report), {before['skipped']} already complete, "
           f"{len(driver.pending)} to run")
-    if args.engine == "ray":
-        from lowmem.batch.ray_engine import run_on_ray
-
-        run_on_ray(driver, settings, address=args.address, workers=args.workers)
-    else:
-        from lowmem.batch.in_process import run_in_process
-
-        run_in_process(driver, settings)
+    run_engine(args.engine, driver, settings, address=args.address, workers=args.workers)
     counts = driver.report.counts()
     print(f"{counts['done']} done, {counts['skipped']} skipped (already complete), {counts['failed']} failed; "
           f"report: {driver.report.path}")

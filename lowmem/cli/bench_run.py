@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "official run; --spot alone: on)")
     run.add_argument("--shard", metavar="K/N", help="run only items K, K+N, K+2N, ... (0-based, the official ranks' "
                                                      "split), e.g. one machine of N sharing OUT")
-    run.add_argument("--engine", choices=("local", "ray"), default="local",
+    run.add_argument("--engine", choices=option_types.ENGINE_CHOICES, default="local",
                      help="local: one pipeline in this process (default); ray: one worker per GPU of a Ray cluster")
     run.add_argument("--address", help="Ray: address of a running cluster (default: start a local one)")
     run.add_argument("--workers", type=int, help="Ray: number of workers (default: one per GPU of the cluster)")
@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     items = read_meta(args.meta, args.data, args.out)[rank::world]
 
     from lowmem.batch import BatchSettings  # not at the top: it imports torch
+    from lowmem.batch.engines import run_engine
     from lowmem.bench_run.driver import BenchDriver
     from lowmem.bench_run.report import BenchReport
     from lowmem.edits import EditSpec
@@ -108,14 +109,7 @@ def run(args: argparse.Namespace) -> int:
     before = report.counts()
     print(f"{len(items)} items{f' (shard {rank}/{world})' if world > 1 else ''}: {before['failed']} invalid (see the report), "
           f"{before['skipped']} already in the tree, {len(driver.pending)} to run")
-    if args.engine == "ray":
-        from lowmem.batch.ray_engine import run_on_ray
-
-        run_on_ray(driver, settings, address=args.address, workers=args.workers)
-    else:
-        from lowmem.batch.in_process import run_in_process
-
-        run_in_process(driver, settings)
+    run_engine(args.engine, driver, settings, address=args.address, workers=args.workers)
     print(report.format())
     counts = report.counts()
     print(f"{counts['done']} done, {counts['skipped']} skipped (already in the tree), {counts['failed']} failed; "

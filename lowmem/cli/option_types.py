@@ -9,6 +9,8 @@ from typing import Callable
 
 from lowmem.errors import LowmemError
 
+ENGINE_CHOICES = ("local", "ray")  # lowmem.batch.engines.run_engine's names (that module imports torch)
+
 
 def _refusing(check: Callable[[str], object], name: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
