@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Optional, Union
 
 from PIL import Image, ImageDraw
 
-from lowmem.common.validation import finite
+from lowmem.common import validation
 from lowmem.errors import InstructionError
 
 if TYPE_CHECKING:
@@ -99,14 +99,8 @@ def _pixel_box(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     return x0, y0, x1, y1
 
 
-def _text(value: str, what: str) -> str:
-    if not isinstance(value, str):
-        raise InstructionError(f"{what} must be text, got {type(value).__name__} {value!r}")
-    return value
-
-
 def _subject(name: str) -> str:
-    name = _text(name, "the object's name").strip()
+    name = validation.text(name, "the object's name", InstructionError).strip()
     if not name:
         raise InstructionError("name the object to edit, e.g. 'the chair' -> object='chair'")
     return name
@@ -114,7 +108,7 @@ def _subject(name: str) -> str:
 
 def rotate(obj: str, view: str) -> EditInstruction:
     """Rotate `obj` to a canonical view: front, rear, left, right or a diagonal such as 'front left'."""
-    normalised = " ".join(_text(view, "the view").replace("-", " ").replace("_", " ").lower().split())
+    normalised = " ".join(validation.text(view, "the view", InstructionError).replace("-", " ").replace("_", " ").lower().split())
     normalised = normalised.replace("back", "rear")
     if normalised not in VIEWS:
         raise InstructionError(f"view {view!r} is not one of the 8 canonical views: {', '.join(VIEWS)}")
@@ -131,7 +125,7 @@ def move_to_box(obj: str, box: tuple[int, int, int, int], image_size: Optional[t
 
 def scale(obj: str, factor: float) -> EditInstruction:
     """Scale `obj` by `factor` (0.25 .. 4); larger than 1 enlarges it."""
-    factor = finite(factor, "scale factor", InstructionError)
+    factor = validation.finite(factor, "scale factor", InstructionError)
     low, high = SCALE_RANGE
     if not (low <= factor <= high) or factor == 1:
         raise InstructionError(f"scale factor {factor} must be in [{low}, {high}] and not 1")
@@ -141,7 +135,8 @@ def scale(obj: str, factor: float) -> EditInstruction:
 
 def camera(yaw: float = 0.0, pitch: float = 0.0) -> EditInstruction:
     """Orbit the camera: yaw in 45 degree steps (-180..180), pitch in 15 degree steps (-45..45)."""
-    yaw, pitch = finite(yaw, "camera yaw", InstructionError), finite(pitch, "camera pitch", InstructionError)
+    yaw = validation.finite(yaw, "camera yaw", InstructionError)
+    pitch = validation.finite(pitch, "camera pitch", InstructionError)
     if yaw not in ALLOWED_YAWS:
         raise InstructionError(f"camera yaw {yaw:.10g} was not trained; use one of {', '.join(map(str, ALLOWED_YAWS))} degrees")
     if pitch not in ALLOWED_PITCHES:

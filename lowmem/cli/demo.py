@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
 
@@ -20,7 +19,7 @@ from lowmem.cli import option_types
 from lowmem import instructions
 from lowmem.common.disk_space import out_of_space_is_an_error
 from lowmem.common.images import encode_image
-from lowmem.common.paths import atomic_file, check_output_path, check_writable_folder, made_folder, same_file
+from lowmem.common.paths import check_output_path, check_writable_folder, made_folder, same_file, write_files_atomic
 from lowmem.edits import COMPUTE_CHOICES, COMPUTE_HELP, add_edit_arguments, edit_spec, instruction_from_args
 from lowmem.errors import OutputPathError
 from lowmem.instructions import EditInstruction
@@ -93,11 +92,8 @@ def save_outputs(out_dir: Path, images: dict[str, Image.Image], report: str) -> 
     files = {name: encode_image(picture) for name, picture in images.items()}
     files["report.json"] = report.encode("utf-8")
     needed = sum(map(len, files.values()))
-    with (made_folder(out_dir), out_of_space_is_an_error(out_dir, needed, what="writing the demo's files"),
-          ExitStack() as stack):
-        for name, data in files.items():
-            with open(stack.enter_context(atomic_file(out_dir / name)), "wb") as handle:
-                handle.write(data)
+    with made_folder(out_dir), out_of_space_is_an_error(out_dir, needed, what="writing the demo's files"):
+        write_files_atomic({out_dir / name: data for name, data in files.items()})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -84,10 +84,10 @@ def spot_dilation(value: int) -> int:
     return integer(value, "SpotEdit dilation", 0, MAX_DILATION)
 
 
-def text(value: str, name: str) -> str:
-    """`value` as given when it is a string (empty allowed)."""
+def text(value: str, name: str, error: type[LowmemError] = ArgumentError) -> str:
+    """`value` as given when it is a string (empty allowed), else `error`."""
     if not isinstance(value, str):
-        raise ArgumentError(f"{name} must be text, got {type(value).__name__} {value!r}")
+        raise error(f"{name} must be text, got {type(value).__name__} {value!r}")
     return value
 
 

@@ -41,11 +41,8 @@ def measured_gemm_rate(device: torch.device, dtype: torch.dtype) -> float:
 @lru_cache(maxsize=16)
 def vae_flops(vae_config: tuple, width: int, height: int) -> int:
     """FLOPs of one VAE encode and one untiled decode of a `width` x `height` image."""
-    vae = peaks.traced_vae(vae_config)
-    images = torch.empty(1, 3, height, width, device="meta")
-    latents = torch.empty(1, vae.module.config.z_dim, 1, height // peaks.VAE_SCALE, width // peaks.VAE_SCALE,
-                          device="meta")
-    return count_flops(lambda: vae.encode(images)) + count_flops(lambda: vae.decode(latents))
+    return (count_flops(peaks.vae_encode_call(vae_config, width, height))
+            + count_flops(peaks.vae_decode_call(vae_config, width, height)))
 
 
 def edit_flops(config: DiTConfig, vae_config: tuple, width: int, height: int, text_tokens: int, batch: int,

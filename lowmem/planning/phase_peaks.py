@@ -225,20 +225,29 @@ def vae_weight_bytes(config_key: tuple) -> int:
     return traced_vae(config_key).weight_bytes()
 
 
+def vae_encode_call(config_key: tuple, width: int, height: int) -> Callable[[], Any]:
+    """One VAE encode of a `width` x `height` image on meta (for its bytes here, its FLOPs in planning.edit_time)."""
+    vae = traced_vae(config_key)
+    images = torch.empty(1, 3, height, width, device=META)
+    return lambda: vae.encode(images)
+
+
+def vae_decode_call(config_key: tuple, width: int, height: int) -> Callable[[], Any]:
+    """One untiled VAE decode of a `width` x `height` image on meta."""
+    vae = traced_vae(config_key)
+    latents = torch.empty(1, vae.module.config.z_dim, 1, height // VAE_SCALE, width // VAE_SCALE, device=META)
+    return lambda: vae.decode(latents)
+
+
 @lru_cache(maxsize=16)
 def vae_encode(config_key: tuple, resolution: int) -> int:
-    vae = traced_vae(config_key)
-    images = torch.empty(1, 3, resolution, resolution, device=META)
-    return trace_peak(lambda: vae.encode(images))
+    return trace_peak(vae_encode_call(config_key, resolution, resolution))
 
 
 @lru_cache(maxsize=32)
 def vae_decode(config_key: tuple, resolution: int) -> int:
     """Peak bytes of an untiled decode of a `resolution`² image."""
-    vae = traced_vae(config_key)
-    side = resolution // VAE_SCALE
-    latents = torch.empty(1, vae.module.config.z_dim, 1, side, side, device=META)
-    return trace_peak(lambda: vae.decode(latents))
+    return trace_peak(vae_decode_call(config_key, resolution, resolution))
 
 
 def vae_decode_tiled(config_key: tuple, resolution: int, tile: int) -> int:
